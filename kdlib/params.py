@@ -1,0 +1,150 @@
+"""Notebook parameters: read them from the `parameters` cell, validate overrides.
+
+The parameters cell of each notebook is the single source of truth for names,
+types, defaults and help text (``name: type = value  # help``). Profiles and
+command-line overrides are checked against it *before* any notebook runs, so a
+misspelt or ill-typed parameter costs nothing but an error message.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from kdlib.paths import REPO_ROOT
+
+PROFILES_DIR = REPO_ROOT / "configs" / "profiles"
+
+
+class ParameterError(ValueError):
+    """An unknown, ill-typed or malformed parameter; the message names it."""
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    name: str
+    type_name: str
+    default: str
+    help: str
+
+
+def notebook_params(path: str | Path) -> dict[str, ParamSpec]:
+    """Parameters declared in a notebook's `parameters` cell (via papermill's parser)."""
+    import papermill
+
+    raw = papermill.inspect_notebook(str(path))
+    return {n: ParamSpec(n, p["inferred_type_name"], p["default"], p["help"]) for n, p in raw.items()}
+
+
+def _type_ok(value, type_name: str) -> bool:
+    t = type_name.replace(" ", "")
+    options = t.split("|") if "|" in t else [t]
+    if "None" in options and value is None:
+        return True
+    for opt in options:
+        base = re.sub(r"\[.*\]$", "", opt)
+        if base == "int" and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if base == "float" and isinstance(value, int | float) and not isinstance(value, bool):
+            return True
+        if base == "str" and isinstance(value, str):
+            return True
+        if base == "bool" and isinstance(value, bool):
+            return True
+        if base == "list" and isinstance(value, list):
+            inner = re.search(r"\[(.*)\]$", opt)
+            if inner is None or all(_type_ok(v, inner.group(1)) for v in value):
+                return True
+        if base == "dict" and isinstance(value, dict):
+            return True
+    return False
+
+
+def coerce(spec: ParamSpec, value, source: str):
+    """Check (and for CLI strings, parse) a value against its declared type."""
+    if isinstance(value, str) and spec.type_name.replace(" ", "") not in ("str", "str|None"):
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            pass
+    if spec.type_name in ("None", ""):
+        raise ParameterError(f"parameter {spec.name!r} has no type annotation in its notebook")
+    if not _type_ok(value, spec.type_name):
+        raise ParameterError(f"parameter {spec.name!r} ({source}) must be {spec.type_name}, "
+                             f"got {value!r} ({type(value).__name__})")
+    if spec.type_name.startswith("float") and isinstance(value, int):
+        value = float(value)
+    return value
+
+
+def unknown_message(name: str, known: set[str], where: str) -> str:
+    near = difflib.get_close_matches(name, sorted(known), n=3)
+    hint = f" Did you mean {', '.join(repr(n) for n in near)}?" if near else ""
+    return f"unknown parameter {name!r} ({where}).{hint} Known: {', '.join(sorted(known)) or 'none'}."
+
+
+def load_profile(name: str) -> dict:
+    path = PROFILES_DIR / f"{name}.yaml"
+    if not path.is_file():
+        names = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+        raise ParameterError(f"unknown profile {name!r}; available: {', '.join(names)}")
+    with open(path) as fh:
+        profile = yaml.safe_load(fh) or {}
+    bad = set(profile) - {"description", "parameters", "notebooks"}
+    if bad:
+        raise ParameterError(f"{path}: unknown top-level keys {sorted(bad)} (allowed: description, parameters, notebooks)")
+    return profile
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ParameterError(f"override {pair!r} must look like key=value")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = value
+    return out
+
+
+def resolve(specs: dict[str, dict[str, ParamSpec]], profile: dict, overrides: dict[str, object]
+            ) -> dict[str, dict[str, object]]:
+    """Per-notebook parameter values: profile-wide, then profile per-notebook, then overrides.
+
+    `specs` maps notebook stem -> its parameters. Profile-wide values and overrides
+    apply to every notebook declaring them and must be declared by at least one of
+    them; per-notebook values must be declared by that notebook.
+    """
+    every = set().union(*(set(s) for s in specs.values())) if specs else set()
+    for name in profile.get("parameters") or {}:
+        if name not in every:
+            raise ParameterError(unknown_message(name, every, "profile parameters"))
+    for name in overrides:
+        if name not in every:
+            raise ParameterError(unknown_message(name, every, "command line"))
+    per_nb = profile.get("notebooks") or {}
+    resolved = {}
+    for stem, nb_specs in specs.items():
+        values = {}
+        layers = [((profile.get("parameters") or {}), "profile"), ((per_nb.get(stem) or {}), f"profile, {stem}"),
+                  (overrides, "command line")]
+        for layer, source in layers:
+            for name, value in layer.items():
+                if name not in nb_specs:
+                    if source.startswith("profile, "):
+                        raise ParameterError(unknown_message(name, set(nb_specs), f"{source}"))
+                    continue
+                values[name] = coerce(nb_specs[name], value, source)
+        resolved[stem] = values
+    return resolved
+
+
+def check_profile_notebooks(profile: dict, stems: set[str], profile_name: str) -> None:
+    for stem in profile.get("notebooks") or {}:
+        if stem not in stems:
+            near = difflib.get_close_matches(stem, sorted(stems), n=1)
+            hint = f" Did you mean {near[0]!r}?" if near else ""
+            raise ParameterError(f"profile {profile_name!r} names unknown notebook {stem!r}.{hint}")
