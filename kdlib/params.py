@@ -87,10 +87,10 @@ def unknown_message(name: str, known: set[str], where: str) -> str:
     return f"unknown parameter {name!r} ({where}).{hint} Known: {', '.join(sorted(known)) or 'none'}."
 
 
-def load_profile(name: str) -> dict:
-    path = PROFILES_DIR / f"{name}.yaml"
+def load_profile(name: str, profiles_dir: Path = PROFILES_DIR) -> dict:
+    path = Path(profiles_dir) / f"{name}.yaml"
     if not path.is_file():
-        names = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+        names = sorted(p.stem for p in Path(profiles_dir).glob("*.yaml"))
         raise ParameterError(f"unknown profile {name!r}; available: {', '.join(names)}")
     with open(path) as fh:
         profile = yaml.safe_load(fh) or {}

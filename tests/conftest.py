@@ -1,0 +1,27 @@
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from kdlib.paths import data_mirror_dir
+
+
+def write_jsonl(path: Path, rows, gz: bool = False) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    if gz:
+        with gzip.open(path, "wt", encoding="utf-8") as fh:
+            fh.write(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def mirror():
+    """The shared dataset mirror; tests that need real data skip loudly without it."""
+    path = data_mirror_dir()
+    if path is None or not path.is_dir():
+        pytest.skip("no dataset mirror (set KDLIB_DATA_DIR or put shared/data beside the checkout)")
+    return path

@@ -1,0 +1,59 @@
+"""Notebook hygiene, and a smoke run of every notebook through the runner with metric checks."""
+
+import json
+
+import nbformat
+import pytest
+
+from kdlib import params, runner
+
+NOTEBOOKS = runner.discover()
+
+# Sensible ranges for the headline numbers each notebook emits in the smoke profile: a notebook
+# that runs but produces nonsense fails here. Every notebook must have an entry.
+EXPECTED = {
+    "00_environment": {
+        "datasets_loaded": (1, 50),
+        "teacher_tokens_per_s": (0.5, 10_000),
+        "embedding_dim": (384, 384),
+        "cos_paraphrase_minus_unrelated": (0.2, 2.0),
+        "spacy_entities": (2, 10),
+        "instruction_pairs": (1_000, 10**6),
+    },
+}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_without_outputs_and_with_one_parameters_cell(path):
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert not cell.outputs and cell.execution_count is None, f"{path.name}: strip outputs before committing"
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, f"{path.name}: want exactly one cell tagged 'parameters'"
+    assert nb.cells[0].cell_type == "markdown", f"{path.name}: the first cell says what the notebook shows"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_parameters_are_typed_literals_with_help(path):
+    for spec in params.notebook_params(path).values():
+        assert spec.type_name not in ("None", ""), f"{path.name}: parameter {spec.name} needs a type annotation"
+        assert spec.help, f"{path.name}: parameter {spec.name} needs a '# help' comment"
+
+
+def test_every_notebook_has_expected_metrics():
+    assert {p.stem for p in NOTEBOOKS} == set(EXPECTED), "add the notebook's metric ranges to EXPECTED"
+
+
+@pytest.mark.slow
+def test_smoke_profile_runs_every_notebook(tmp_path):
+    records = runner.run_all("smoke", out_dir=tmp_path, write_record=False)
+    failures = {r["notebook"]: r["error"] for r in records if r["status"] != "ok"}
+    assert not failures, f"notebooks failed: {json.dumps(failures, indent=1)[:3000]}"
+    for rec in records:
+        got = {m["name"]: m["value"] for m in rec["metrics"]}
+        for name, (lo, hi) in EXPECTED[rec["notebook"]].items():
+            assert name in got, f"{rec['notebook']} did not emit {name}"
+            assert lo <= got[name] <= hi, f"{rec['notebook']}: {name} = {got[name]} outside [{lo}, {hi}]"
+    index = (tmp_path / "index.html").read_text()
+    assert all(f"{r['notebook']}.html" in index for r in records)
