@@ -17,6 +17,7 @@ import json
 from importlib import metadata
 from pathlib import Path
 
+from kdlib.hub import hub_available
 from kdlib.paths import cache_dir
 
 DOLLY_ID = "databricks/databricks-dolly-15k"
@@ -81,11 +82,14 @@ def load_instructions(name: str = "dolly"):
     import datasets
 
     if name in ("dolly", DOLLY_ID):
-        try:
-            return datasets.load_dataset(DOLLY_ID, split="train")
-        except Exception as exc:  # no hub here: fall through to the offline dump, loudly
-            print(f"[kdlib] {DOLLY_ID} unavailable ({type(exc).__name__}); using the offline ShareGPT dump")
-            name = "sharegpt"
+        if hub_available():
+            try:
+                return datasets.load_dataset(DOLLY_ID, split="train")
+            except Exception as exc:  # hub up but dataset unreachable: fall through, loudly
+                print(f"[kdlib] {DOLLY_ID} unavailable ({type(exc).__name__}); using the offline ShareGPT dump")
+        else:
+            print(f"[kdlib] hub unreachable: {DOLLY_ID} replaced by the offline ShareGPT dump")
+        name = "sharegpt"
     if name != "sharegpt":
         raise ValueError(f"unknown instruction dataset {name!r}: expected 'dolly' or 'sharegpt'")
     pairs = load_sharegpt_pairs()

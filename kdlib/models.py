@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from kdlib.hub import hub_available
 from kdlib.paths import cache_dir
 
 TEACHER_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -124,12 +125,15 @@ def folder_revision(path: Path) -> str:
 
 
 def _from_hub(repo_id: str, revision: str | None) -> ResolvedModel:
+    """The hub cache first (no network round trip), then the hub itself if it is reachable."""
     from huggingface_hub import snapshot_download
 
     patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "tokenizer*", "*.py"]
-    try:  # the local cache first: no network round trip when the model is already here
+    try:
         folder = snapshot_download(repo_id, revision=revision, allow_patterns=patterns, local_files_only=True)
     except Exception:
+        if not hub_available():
+            raise ConnectionError("not in the hub cache, and the hub is unreachable (or HF_HUB_OFFLINE=1)") from None
         folder = snapshot_download(repo_id, revision=revision, allow_patterns=patterns)
     path = Path(folder)
     return ResolvedModel(repo_id, path, "hub", revision or path.name)

@@ -27,6 +27,10 @@ from kdlib.paths import REPO_ROOT, reports_dir
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 RECORD_PROFILES = ("cpu", "gpu")
 KERNEL = "python3"
+# Progress bars drawn into a saved notebook freeze at whatever state they were last in, so
+# headless kernels get none from tqdm-based libraries; kdlib.progress prints plain lines instead.
+HEADLESS_ENV = {"KDLIB_HEADLESS": "1", "TQDM_DISABLE": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+                "HF_HUB_DISABLE_PROGRESS_BARS": "1", "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
 
 
 @dataclass
@@ -96,7 +100,7 @@ def execute(path: Path, values: dict, out_dir: Path, profile: str) -> NotebookRu
     run = NotebookRun(path.stem, parameters=values)
     out_nb = out_dir / f"{path.stem}.ipynb"
     env_backup = dict(os.environ)
-    os.environ.update({"KDLIB_HEADLESS": "1", "KDLIB_PROFILE": profile, "PYDEVD_DISABLE_FILE_VALIDATION": "1"})
+    os.environ.update(HEADLESS_ENV | {"KDLIB_PROFILE": profile})
     start = time.monotonic()
     try:
         papermill.execute_notebook(str(path), str(out_nb), parameters=values, kernel_name=KERNEL,
