@@ -1,8 +1,6 @@
 """kdlib.parse: teacher output -> labelled examples; every rejection counted, nothing raises."""
 
 import doctest
-import json
-import re
 import time
 
 import pytest
@@ -14,9 +12,8 @@ from kdlib.parse import (
     normalise_text,
     parse_classification,
     parse_label,
-    parse_ner,
-    simple_tokenize,
 )
+from kdlib.parse_ner import parse_ner
 
 SENT = ["negative", "positive"]
 CONLL = ["PER", "LOC", "ORG", "MISC"]
@@ -28,10 +25,6 @@ def kept_pairs(report):
 
 def reasons(report):
     return report.summary()["reasons"]
-
-
-def tagged(report, i=0):
-    return list(zip(report.kept[i]["tokens"], report.kept[i]["tags"]))
 
 
 def short_id(value):
@@ -86,25 +79,6 @@ def test_rejected_snippets_are_bounded():
 ])
 def test_normalise_text(raw, clean):
     assert normalise_text(raw) == clean
-
-
-@pytest.mark.parametrize("text, tokens", [
-    ("EU rejects German call to boycott British lamb.",
-     ["EU", "rejects", "German", "call", "to", "boycott", "British", "lamb", "."]),
-    ("Germany's representative didn't say.", ["Germany", "'s", "representative", "did", "n't", "say", "."]),
-    ("BRUSSELS 1996-08-22", ["BRUSSELS", "1996-08-22"]),
-    ("The U.S. paid $1,000.50 (3.5%) on 10:30.",
-     ["The", "U.S.", "paid", "$", "1,000.50", "(", "3.5", "%", ")", "on", "10:30", "."]),
-    ("Mr. O'Neill's long-term plan won 2-1.",
-     ["Mr.", "O'Neill", "'s", "long-term", "plan", "won", "2-1", "."]),
-    ('"We can\'t," she said.', ['"', "We", "ca", "n't", ",", '"', "she", "said", "."]),
-    ("Élodie a visité Montréal.", ["Élodie", "a", "visité", "Montréal", "."]),
-    ("P. Simmons took 4-38 for a 37-run lead -- C$ 1.2 million, .496 and +3 in the 1990s on Oct. 5 ...",
-     ["P.", "Simmons", "took", "4-38", "for", "a", "37-run", "lead", "--", "C$", "1.2", "million", ",", ".496",
-      "and", "+3", "in", "the", "1990s", "on", "Oct.", "5", "..."]),
-])
-def test_simple_tokenize_is_conll_style(text, tokens):
-    assert simple_tokenize(text) == tokens
 
 
 # ----------------------------------------------------------------------------- labels
@@ -283,181 +257,6 @@ def test_every_output_is_accounted_for_and_order_is_stable():
     assert [ex["text"] for ex in first.kept[:3]] == ["B film.", "A film.", "C film."]
     assert first.summary()["inputs"] == 30
     assert sum(first.counts.values()) == len(first.rejected)
-
-
-# ----------------------------------------------------------------------------- NER
-
-def test_ner_inline_markup_both_styles():
-    report = parse_ner(["Here are sentences:\n1. [Barack Obama](PER) visited <LOC>New York</LOC> on Monday.",
-                        "<ORG>Apple</ORG> sold [iPhones](PRODUCT) in [Paris](loc)."], CONLL)
-    assert tagged(report, 0) == [("Barack", "B-PER"), ("Obama", "I-PER"), ("visited", "O"), ("New", "B-LOC"),
-                                 ("York", "I-LOC"), ("on", "O"), ("Monday", "O"), (".", "O")]
-    assert tagged(report, 1) == [("Apple", "B-ORG"), ("sold", "O"), ("iPhones", "O"), ("in", "O"),
-                                 ("Paris", "B-LOC"), (".", "O")]
-    assert reasons(report) == {"unknown_label": 1}
-    assert report.rejected == [("iPhones (PRODUCT)", "unknown_label")]
-
-
-def test_ner_json_entities_with_punctuation_clitics_and_absent_entity():
-    raw = json.dumps({"sentence": "Germany's representative to the European Union's veterinary committee, "
-                                  "Werner Zwingmann, said so.",
-                      "entities": [{"text": "Germany", "type": "LOC"}, {"text": "European Union", "type": "ORG"},
-                                   {"text": "Werner Zwingmann", "type": "PER"}, {"text": "France", "type": "LOC"}]})
-    report = parse_ner([raw], CONLL)
-    assert tagged(report) == [
-        ("Germany", "B-LOC"), ("'s", "O"), ("representative", "O"), ("to", "O"), ("the", "O"),
-        ("European", "B-ORG"), ("Union", "I-ORG"), ("'s", "O"), ("veterinary", "O"), ("committee", "O"),
-        (",", "O"), ("Werner", "B-PER"), ("Zwingmann", "I-PER"), (",", "O"), ("said", "O"), ("so", "O"), (".", "O")]
-    assert report.rejected == [("France", "bad_entity_span")]
-
-
-def test_ner_repeated_and_overlapping_entity_text():
-    raw = {"sentence": "Paris Hilton visited Paris and Paris again.",
-           "entities": [{"text": "Paris", "type": "LOC"}, {"text": "Paris Hilton", "type": "PER"}]}
-    report = parse_ner([raw], CONLL)
-    assert report.kept[0]["tags"] == ["B-PER", "I-PER", "O", "B-LOC", "O", "B-LOC", "O", "O"]
-    assert reasons(report) == {}
-    # Listed twice with two types: occurrences take the types in order.
-    raw = {"text": "Washington met Washington in Washington.",
-           "entities": [["Washington", "PERSON"], ["Washington", "person"], ["Washington", "LOCATION"]]}
-    assert parse_ner([raw], CONLL).kept[0]["tags"] == ["B-PER", "O", "B-PER", "O", "B-LOC", "O"]
-    # An entity wholly inside a longer one is dropped and counted.
-    raw = {"sentence": "New York City is big.", "entities": {"LOC": ["New York City", "York"]}}
-    report = parse_ner([raw], CONLL)
-    assert report.kept[0]["tags"] == ["B-LOC", "I-LOC", "I-LOC", "O", "O", "O"]
-    assert report.rejected == [("York", "overlapping_span")]
-
-
-def test_ner_entity_must_sit_on_token_boundaries():
-    report = parse_ner(['{"sentence": "Parisian food is good.", "entities": [["Paris", "LOC"]]}',
-                        "[Paris](LOC)ian food is good."], CONLL)
-    assert [ex["tags"] for ex in report.kept] == [["O"] * 5, ["O"] * 5]
-    assert reasons(report) == {"bad_entity_span": 2}
-
-
-def test_ner_nested_and_broken_markup():
-    report = parse_ner(["<ORG><LOC>New York</LOC> Times</ORG> reported it.", "<LOC>Paris</PER> is nice.",
-                        "[[Paris](LOC)](LOC) twice."], CONLL)
-    assert tagged(report) == [("New", "B-ORG"), ("York", "I-ORG"), ("Times", "I-ORG"), ("reported", "O"),
-                              ("it", "O"), (".", "O")]
-    assert reasons(report) == {"overlapping_span": 1, "bad_markup": 2}
-
-
-def test_ner_entity_list_shapes_and_free_text_lines():
-    shapes = [
-        {"sentence": "John Smith works for Google in London.", "entities": {"PER": "John Smith", "ORG": ["Google"],
-                                                                            "LOC": ["London"]}},
-        {"sentence": "John Smith works for Google in London.",
-         "entities": {"John Smith": "PER", "Google": "ORG", "London": "LOC"}},
-        {"sentence": "John Smith works for Google in London.", "entities": "John Smith (PER), Google [ORG]; LOC: London"},
-        "Sentence: John Smith works for Google in London.\nEntities: John Smith - PER, Google: ORG, London (LOC)",
-    ]
-    report = parse_ner(shapes, CONLL)
-    expected = ["B-PER", "I-PER", "O", "O", "B-ORG", "O", "B-LOC", "O"]
-    assert [ex["tags"] for ex in report.kept] == [expected] * 4
-    assert reasons(report) == {}
-
-
-def test_ner_sentence_without_entities_is_kept_all_o():
-    report = parse_ner(['{"sentence": "Nothing to see here.", "entities": []}',
-                        '{"sentence": "Nor here.", "entities": "None"}'], CONLL)
-    assert [ex["tags"] for ex in report.kept] == [["O"] * 5, ["O"] * 3]
-
-
-@pytest.mark.parametrize("raw, reason", [
-    (None, "empty_output"),
-    ("just chatter, no markup at all", "no_example"),
-    ('{"sentence": "No entity field."}', "missing_field"),
-    ('{"sentence": "cut off", "entities": [{"text": "cut', "bad_json"),
-    ("Sentence: an orphan sentence", "missing_field"),
-    ('{"sentence": "", "entities": []}', "empty_text"),
-    (b"\x00\xff junk", "no_example"),
-    ("<LOC>" * 40_000, "bad_markup"),
-    (12, "not_text"),
-], ids=short_id)
-def test_ner_malformed_outputs(raw, reason):
-    report = parse_ner([raw], CONLL)
-    assert report.kept == [] and reasons(report) == {reason: 1}
-
-
-def test_ner_strict_drops_the_whole_example():
-    raw = ['{"sentence": "Paris and Mars.", "entities": [["Paris", "LOC"], ["Mars", "PLANET"]]}']
-    assert reasons(parse_ner(raw, CONLL)) == {"unknown_label": 1}
-    strict = parse_ner(raw, CONLL, strict=True)
-    assert strict.kept == [] and reasons(strict) == {"unknown_label": 1}
-
-
-def test_ner_token_limits():
-    assert reasons(parse_ner(["[Paris](LOC) ."], CONLL, min_tokens=3)) == {"too_short": 1}
-    assert reasons(parse_ner(["[Paris](LOC) is a big city."], CONLL, max_tokens=3)) == {"too_long": 1}
-
-
-def test_ner_keeps_quote_tokens():
-    report = parse_ner(['" We do n\'t support it , " [Werner Zwingmann](PER) said .'], CONLL)
-    assert report.kept[0]["tokens"][:3] == ['"', "We", "do"]
-    assert report.kept[0]["tags"][8:10] == ["B-PER", "I-PER"]
-
-
-def test_ner_markup_round_trips_conll(mirror):
-    """Write gold CoNLL sentences as [text](TYPE) markup: parsing gives back the same tokens and tags.
-
-    Sentences starting with a list marker ("1.", "--") are left out: stripping those is what a
-    teacher's numbered list needs, and it differs from CoNLL on purpose.
-    """
-    import gzip
-
-    with gzip.open(mirror / "conll2003" / "validation.jsonl.gz", "rt", encoding="utf-8") as fh:
-        rows = [json.loads(line) for line in fh]
-    rows = [r for r in rows if set(r["tags"]) != {"O"} and not re.fullmatch(r"[-*]+|\(?\d+[.)]", r["tokens"][0])]
-    rows = rows[:1000]
-
-    def markup(row):
-        out, i, toks, tags = [], 0, row["tokens"], row["tags"]
-        while i < len(toks):
-            j = i + 1
-            if tags[i] == "O":
-                out.append(toks[i])
-            else:
-                while j < len(toks) and tags[j] == "I-" + tags[i][2:]:
-                    j += 1
-                out.append(f"[{' '.join(toks[i:j])}]({tags[i][2:]})")
-            i = j
-        return " ".join(out)
-
-    same = sum(parse_ner([markup(r)], CONLL).kept == [r] for r in rows)
-    assert same / len(rows) >= 0.97, same / len(rows)
-
-
-def test_ner_custom_tokenizer():
-    report = parse_ner(["[New York](LOC) is big."], CONLL, tokenizer=str.split)
-    assert tagged(report) == [("New", "B-LOC"), ("York", "I-LOC"), ("is", "O"), ("big.", "O")]
-    rewriting = parse_ner(["[Paris](LOC) is big."], CONLL, tokenizer=lambda s: s.upper().split())
-    assert reasons(rewriting) == {"parse_error": 1}  # tokens not found in the text: cannot align
-
-
-def test_ner_spacy_tokenizer():
-    pytest.importorskip("spacy")
-    spacy_report = parse_ner(["[Peter Blackburn](PER) didn't visit [Paris](LOC)."], CONLL,
-                             tokenizer=parse.spacy_tokenizer())
-    assert tagged(spacy_report) == [("Peter", "B-PER"), ("Blackburn", "I-PER"), ("did", "O"), ("n't", "O"),
-                                    ("visit", "O"), ("Paris", "B-LOC"), (".", "O")]
-
-
-def test_ner_examples_load_into_the_dataset_registry():
-    pytest.importorskip("datasets")
-    from kdlib.data import from_records
-
-    report = parse_ner(["[Peter Blackburn](PER) flew to <LOC>Paris</LOC>.",
-                        '{"sentence": "EU rejects German beef.", "entities": [["EU", "ORG"], ["German", "MISC"]]}'],
-                       CONLL)
-    dd = from_records({"train": report.kept}, task="ner")
-    names = dd["train"].features["tags"].feature.names
-    assert [names[t] for t in dd["train"][1]["tags"]] == ["B-ORG", "O", "B-MISC", "O", "O"]
-
-
-def test_ner_is_deterministic():
-    outputs = ["[A](PER) met [B](PER).", '{"sentence": "C met D.", "entities": [["D", "PER"], ["C", "ORG"]]}'] * 3
-    assert parse_ner(outputs, CONLL) == parse_ner(list(outputs), CONLL)
 
 
 # ----------------------------------------------------------------------------- properties
