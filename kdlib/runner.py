@@ -100,7 +100,7 @@ def execute(path: Path, values: dict, out_dir: Path, profile: str) -> NotebookRu
     run = NotebookRun(path.stem, parameters=values)
     out_nb = out_dir / f"{path.stem}.ipynb"
     env_backup = dict(os.environ)
-    os.environ.update(HEADLESS_ENV | {"KDLIB_PROFILE": profile})
+    os.environ.update(HEADLESS_ENV | {"KDLIB_PROFILE": profile, "KDLIB_NOTEBOOK": path.stem})
     start = time.monotonic()
     try:
         papermill.execute_notebook(str(path), str(out_nb), parameters=values, kernel_name=KERNEL,
