@@ -1,0 +1,270 @@
+"""The teacher as annotator: prompting, label scoring, calibration, voting, and co-annotation routing.
+
+Two ways to get a label for a text from a chat LLM:
+
+- *generate*: ask for the label, parse the answer with `kdlib.parse.parse_label` (an answer
+  naming no label, or several, is rejected). With ``n > 1`` samples at temperature > 0 the
+  label is the majority vote (self-consistency, Wang et al. 2023) and the vote entropy
+  says how unsure the teacher is.
+- *score*: the log-likelihood of each label name as the assistant's answer; a softmax over
+  labels gives probabilities and the label is the argmax. Never rejects, costs one forward
+  pass per (text, label). Contextual calibration (Zhao et al. 2021) divides out the bias the
+  prompt itself has towards some labels, measured on content-free inputs.
+
+Few-shot prompts put the demonstrations (drawn from the *train* split, never test) as earlier
+chat turns after a system message with the instruction, so every prompt shares one prefix:
+the local backend computes it once per batch, an API would bill it per call.
+
+Co-annotation: `route` sends the most uncertain items to an expensive annotator (a human
+budget, a bigger model); `coannotate` merges the two label sets.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+CONTENT_FREE = ("N/A", "", "[MASK]")  # Zhao et al. (2021) use these three
+
+
+# ----------------------------------------------------------------------------- prompts
+
+def instruction(label_names: Sequence[str], task: str = "") -> str:
+    """The system instruction: what to classify and the allowed answers."""
+    what = task or "the text"
+    return (f"Classify {what} into exactly one of these labels: {', '.join(label_names)}. "
+            "Answer with the label only.")
+
+
+def _turn(text: str) -> str:
+    return f"Text: {text}"
+
+
+def build_prompt(text: str, label_names: Sequence[str], shots: Sequence[tuple[str, str]] = (),
+                 task: str = "") -> list[dict]:
+    """A chat prompt: system instruction, then one (user text, assistant label) turn pair per shot,
+    then the text to label. ``shots=()`` gives the zero-shot prompt."""
+    messages = [{"role": "system", "content": instruction(label_names, task)}]
+    for demo_text, demo_label in shots:
+        if demo_label not in label_names:
+            raise ValueError(f"demonstration label {demo_label!r} is not one of {list(label_names)}")
+        messages += [{"role": "user", "content": _turn(demo_text)}, {"role": "assistant", "content": demo_label}]
+    return messages + [{"role": "user", "content": _turn(text)}]
+
+
+def draw_shots(train, k: int, seed: int = 0) -> list[tuple[str, str]]:
+    """k demonstrations per class from a train split (a `datasets.Dataset`), in a seeded order.
+
+    The order is shuffled rather than grouped by class: a small model copies the label of the
+    last demonstration (recency bias, Zhao et al. 2021), so a block of one class at the end
+    would push every answer towards it.
+    """
+    from kdlib import data
+
+    if k == 0:
+        return []
+    picked = data.k_shot(train, k, seed)
+    names = data.label_names(train)
+    pairs = [(t, names[y]) for t, y in zip(picked["text"], picked["label"])]
+    order = np.random.default_rng(seed).permutation(len(pairs))
+    return [pairs[i] for i in order]
+
+
+# ----------------------------------------------------------------------------- voting and uncertainty
+
+def entropy(probs) -> np.ndarray:
+    """Shannon entropy (nats) of each row of a (n, C) probability array; 0 log 0 = 0."""
+    p = np.asarray(probs, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, -p * np.log(p), 0.0)
+    return terms.sum(axis=-1)
+
+
+def majority_vote(votes: Sequence[str | None], label_names: Sequence[str]) -> tuple[str | None, np.ndarray]:
+    """(winning label, vote shares over `label_names`) of one item's parsed votes.
+
+    Rejected votes (None) do not count. Ties go to the label voted first, so the result
+    depends only on the votes. No valid vote: (None, uniform shares).
+    """
+    valid = [v for v in votes if v is not None]
+    if not valid:
+        return None, np.full(len(label_names), 1.0 / len(label_names))
+    counts = Counter(valid)
+    top = max(counts.values())
+    winner = next(v for v in valid if counts[v] == top)
+    shares = np.array([counts.get(name, 0) for name in label_names], dtype=np.float64) / len(valid)
+    return winner, shares
+
+
+@dataclass
+class Annotation:
+    """Labels of one method for a list of texts, with what it cost and how sure it was."""
+    method: str
+    labels: list[str | None]           # None: rejected (no parseable answer)
+    probs: np.ndarray                  # (n, C): label probabilities or vote shares
+    uncertainty: np.ndarray            # (n,): entropy in nats (vote entropy for generate)
+    raw: list[list[str]] = field(default_factory=list)   # teacher outputs per item (generate only)
+    tokens: int = 0                    # teacher tokens this method needs (cache hits included)
+    tokens_spent: int = 0              # tokens really computed in this run (cache misses)
+
+
+def _tokens(ledger) -> tuple[int, int]:
+    s = ledger.summary()
+    return int(s["tokens_without_cache"]), int(s["tokens_spent"])
+
+
+def annotate_generate(teacher, texts: Sequence[str], label_names: Sequence[str],
+                      shots: Sequence[tuple[str, str]] = (), n: int = 1, seed: int = 0,
+                      temperature: float = 0.7, max_new_tokens: int = 5, task: str = "",
+                      method: str = "generate") -> Annotation:
+    """Ask the teacher for each text's label; ``n > 1`` samples at `temperature` and takes the
+    majority vote (self-consistency), ``n == 1`` decodes greedily.
+
+    Tokens are counted on a private ledger, so each method's cost is its own.
+    """
+    t = teacher.with_cache(teacher.cache)
+    prompts = [build_prompt(x, label_names, shots, task) for x in texts]
+    temp = temperature if n > 1 else 0.0
+    outs = t.texts(prompts, n=n, seed=seed, temperature=temp, max_new_tokens=max_new_tokens, stop=["\n"])
+    from kdlib.parse import parse_label
+
+    labels, shares, raw = [], [], []
+    for i in range(len(texts)):
+        answers = outs[i * n:(i + 1) * n]
+        label, share = majority_vote([parse_label(a, list(label_names)) for a in answers], label_names)
+        labels.append(label)
+        shares.append(share)
+        raw.append(answers)
+    probs = np.array(shares).reshape(len(texts), len(label_names))
+    unc = entropy(probs)
+    unc[[lab is None for lab in labels]] = np.log(len(label_names))  # nothing parsed: maximally unsure
+    return Annotation(method, labels, probs, unc, raw, *_tokens(t.ledger))
+
+
+def score_probs(teacher, prompts: Sequence, label_names: Sequence[str]) -> np.ndarray:
+    """(n, C) softmax over labels of the summed log-likelihood of each label name as the answer."""
+    scores = teacher.score_many(list(prompts), list(label_names))
+    logits = np.array([[s.sum_logprob for s in row] for row in scores], dtype=np.float64)
+    logits -= logits.max(axis=1, keepdims=True)
+    p = np.exp(logits)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def annotate_score(teacher, texts: Sequence[str], label_names: Sequence[str],
+                   shots: Sequence[tuple[str, str]] = (), task: str = "",
+                   content_free: Sequence[str] | None = CONTENT_FREE, method: str = "score"
+                   ) -> tuple[Annotation, Annotation | None]:
+    """Label by log-likelihood; returns (raw, calibrated) annotations of the same scores.
+
+    The calibrated one (None when ``content_free`` is None) uses `calibrate` with the label
+    probabilities of the same prompt around each content-free input, averaged; its token
+    count adds only those few prompts to the raw method's.
+    """
+    t = teacher.with_cache(teacher.cache)
+    probs = score_probs(t, [build_prompt(x, label_names, shots, task) for x in texts], label_names)
+    raw = Annotation(method, [label_names[i] for i in probs.argmax(1)], probs, entropy(probs),
+                     tokens=_tokens(t.ledger)[0], tokens_spent=_tokens(t.ledger)[1])
+    if content_free is None:
+        return raw, None
+    cf = score_probs(t, [build_prompt(x, label_names, shots, task) for x in content_free], label_names).mean(0)
+    cal = calibrate(probs, cf)
+    calibrated = Annotation(method + "+cal", [label_names[i] for i in cal.argmax(1)], cal, entropy(cal),
+                            tokens=_tokens(t.ledger)[0], tokens_spent=_tokens(t.ledger)[1])
+    return raw, calibrated
+
+
+def calibrate(probs, content_free_probs) -> np.ndarray:
+    r"""Contextual calibration (Zhao et al., 2021, "Calibrate Before Use").
+
+    With p̂ the label probabilities of an input and p̂_cf those of a content-free input
+    ("N/A", "", "[MASK]", averaged) under the same prompt,
+
+        W = diag(p̂_cf)^{-1},   q̂ = normalise(W p̂),   i.e.  q̂_c = (p̂_c / p̂_cf,c) / Σ_j p̂_j / p̂_cf,j
+
+    so a prompt that already leans towards label c with no content is corrected by 1/p̂_cf,c.
+    (The paper writes softmax(W p̂ + b) with b = 0; its code, like this function, renormalises.
+    Both give the same argmax.) Shapes: probs (n, C) or (C,), content_free_probs (C,).
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    cf = np.asarray(content_free_probs, dtype=np.float64)
+    if cf.ndim != 1 or p.shape[-1] != cf.shape[0]:
+        raise ValueError(f"content_free_probs must have shape ({p.shape[-1]},), got {cf.shape}")
+    if np.any(cf <= 0):
+        raise ValueError("content_free_probs must be > 0 for every label")
+    q = p / cf
+    return q / q.sum(axis=-1, keepdims=True)
+
+
+# ----------------------------------------------------------------------------- co-annotation
+
+def route(uncertainty, budget_fraction: float) -> np.ndarray:
+    """Boolean mask of the round(budget_fraction * n) most uncertain items (ties: earlier item first)."""
+    if not 0.0 <= budget_fraction <= 1.0:
+        raise ValueError(f"budget_fraction must be in [0, 1], got {budget_fraction}")
+    u = np.asarray(uncertainty, dtype=np.float64)
+    k = int(round(budget_fraction * len(u)))
+    mask = np.zeros(len(u), dtype=bool)
+    mask[np.argsort(-u, kind="stable")[:k]] = True
+    return mask
+
+
+def random_route(n: int, budget_fraction: float, seed: int = 0) -> np.ndarray:
+    """The baseline: the same number of items as `route`, chosen at random."""
+    if not 0.0 <= budget_fraction <= 1.0:
+        raise ValueError(f"budget_fraction must be in [0, 1], got {budget_fraction}")
+    mask = np.zeros(n, dtype=bool)
+    mask[np.random.default_rng(seed).permutation(n)[:int(round(budget_fraction * n))]] = True
+    return mask
+
+
+def coannotate(cheap: Sequence[str | None], expensive: Sequence[str], mask) -> list[str | None]:
+    """The expensive label where `mask` is True, the cheap one elsewhere."""
+    return [e if m else c for c, e, m in zip(cheap, expensive, np.asarray(mask, dtype=bool))]
+
+
+# ----------------------------------------------------------------------------- quality
+
+def label_quality(labels: Sequence[str | None], gold: Sequence[str], reference: Sequence[str],
+                  label_names: Sequence[str]) -> dict:
+    """Agreement of annotations with the hidden gold labels and with the reference classifier.
+
+    `accuracy` counts a rejected item as wrong (it is lost to the student); `accuracy_kept`
+    and `fidelity` (agreement with the full-data reference) are over kept items only.
+    `balance` is the normalised entropy of the kept labels (1 = all classes equally often).
+    """
+    kept = [i for i, lab in enumerate(labels) if lab is not None]
+    n = len(labels)
+    counts = np.array([sum(labels[i] == name for i in kept) for name in label_names], dtype=np.float64)
+    out = {
+        "accuracy": sum(labels[i] == gold[i] for i in kept) / n if n else 0.0,
+        "accuracy_kept": sum(labels[i] == gold[i] for i in kept) / len(kept) if kept else 0.0,
+        "fidelity": sum(labels[i] == reference[i] for i in kept) / len(kept) if kept else 0.0,
+        "rejection_rate": 1 - len(kept) / n if n else 0.0,
+        "balance": float(entropy(counts / counts.sum()) / np.log(len(label_names))) if kept else 0.0,
+    }
+    out.update({f"share/{name}": c / max(len(kept), 1) for name, c in zip(label_names, counts)})
+    return out
+
+
+def training_rows(texts: Sequence[str], labels: Sequence[str | None]) -> list[dict]:
+    """{"text", "label"} rows for the student, rejected items dropped."""
+    return [{"text": t, "label": lab} for t, lab in zip(texts, labels) if lab is not None]
+
+
+# ----------------------------------------------------------------------------- students
+
+def train_students(name: str, rows, validation, test, config, seeds: Sequence[int],
+                   label_names: Sequence[str]) -> list[dict]:
+    """Train one student per seed on `rows` and evaluate it on `test`: one result row per seed."""
+    from kdlib.student import train_classifier
+
+    out = []
+    for s in seeds:
+        student = train_classifier(rows, validation, config.replace(seed=int(s)), label_names=list(label_names))
+        metrics = student.evaluate(test)
+        out.append({"method": name, "seed": int(s), "n_train": len(rows),
+                    "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]})
+    return out
