@@ -33,11 +33,39 @@ class ParamSpec:
 
 
 def notebook_params(path: str | Path) -> dict[str, ParamSpec]:
-    """Parameters declared in a notebook's `parameters` cell (via papermill's parser)."""
+    """Parameters declared in a notebook's `parameters` cell (via papermill's parser).
+
+    Papermill skips a line it cannot parse (e.g. `a = 1; b = 2`) with a mere warning,
+    which would drop those parameters from validation and injection; so the
+    cell's assignments are also read with `ast` and any name papermill missed is an error.
+    """
     import papermill
 
     raw = papermill.inspect_notebook(str(path))
+    missed = sorted(_assigned_names(path) - set(raw))
+    if missed:
+        raise ParameterError(f"{path}: papermill could not parse the parameter line(s) for {missed}; "
+                             "keep one `name: type = literal  # help` per line")
     return {n: ParamSpec(n, p["inferred_type_name"], p["default"], p["help"]) for n, p in raw.items()}
+
+
+def _assigned_names(path: str | Path) -> set[str]:
+    import ast
+
+    import nbformat
+
+    nb = nbformat.read(str(path), as_version=4)
+    cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    if not cells:
+        return set()
+    tree = ast.parse(cells[0].source)
+    names = set()
+    for node in tree.body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+        elif isinstance(node, ast.Assign):
+            names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+    return names
 
 
 def _type_ok(value, type_name: str) -> bool:

@@ -76,3 +76,12 @@ def test_discover_orders_and_selects(lab):
     nbs, _, _ = lab
     assert [p.stem for p in runner.discover(None, nbs)] == ["01_good", "02_bad"]
     assert [p.stem for p in runner.discover(["02"], nbs)] == ["02_bad"]
+
+
+def test_parameter_line_papermill_cannot_parse_is_an_error(tmp_path):
+    from kdlib import params
+
+    path = tmp_path / "nb.ipynb"
+    make_notebook(path, "a: int = 1  # fine\nb = 3; c = 4", "pass")  # papermill drops line 2 with a warning
+    with pytest.raises(params.ParameterError, match=r"could not parse the parameter line\(s\) for \['b', 'c'\]"):
+        params.notebook_params(path)
