@@ -48,6 +48,7 @@ full-softmax autograd version, kept as the reference for tests and the benchmark
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -55,10 +56,11 @@ import torch
 KINDS = ("fkl", "rkl", "jsd", "skew_fkl", "skew_rkl", "tvd", "sym_kl")
 REDUCTIONS = ("mean", "sum", "none")
 
-# Elements per chunk (rows x vocab), chosen by measurement (bench/bench_losses.py --tune) on the shared 2-core
-# CPU here: single-threaded the time is flat from 2^17 to 2^23 elements, but with two busy cores every
-# parallel op pays a scheduling wait, so fewer, larger chunks win up to ~2^23 (55 rows at vocab 151,936;
-# 32 MiB per fp32 buffer, of which a kernel keeps 3-5 alive). On CUDA the value is a guess, not a measurement.
+# Elements per chunk (rows x vocab), chosen by measurement on the shared 2-core CPU here (bench/bench_losses.py
+# --tune; the sweep is in reports/bench/losses.md): with other jobs on the cores every parallel op pays a
+# scheduling wait, so chunks below ~2^21 elements are several times slower, while each doubling above costs
+# memory (2-3 fp32 buffers of this size) for little time. 2^22 = 16 MiB per buffer, 27 rows at vocab 151,936.
+# On CUDA bigger chunks amortise kernel launches; that value is a guess, not a measurement.
 CPU_CHUNK_ELEMS = 2**22
 CUDA_CHUNK_ELEMS = 2**25
 
@@ -74,11 +76,12 @@ class _Spec:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Per-chunk kernels. Each takes tempered fp32 logits s (student) and t (teacher) of shape [C, V] and a
-# workspace w of three [C, V] buffers, and returns (loss [C], g [C, V], c) with dL/ds = c * g, g being one
-# of the buffers; c is applied together with the temperature factor while g is copied out, saving a pass.
-# Every [C, V] result is written into the workspace (out= or in place), so a kernel allocates nothing of
-# that size and memory is exactly: gradient + 3 chunk buffers (+2 for converted inputs, see `_run`).
+# Per-chunk kernels. Each takes tempered fp32 logits s (student) and t (teacher) of shape [C, V], a workspace
+# w of [C, V] buffers and `out`, where the gradient goes (a slice of the gradient tensor, or None: then a
+# workspace buffer). It returns (loss [C], g, c) with dL/ds = c * g; the constant c is applied by the one
+# multiply that backward does anyway. Every [C, V] result is written into the workspace or `out` (out= or
+# in place), so memory is exactly: gradient + 2-3 chunk buffers (+2 for converted inputs, see `_run`); and
+# every op is one pass, since with two cores shared by other jobs each parallel op costs a scheduling wait.
 # Softmax Jacobian: for L(q) with q = softmax(s), dL/ds_j = q_j (g_j - sum_k q_k g_k), g = dL/dq.
 # ---------------------------------------------------------------------------------------------------------
 
@@ -98,36 +101,36 @@ def _mixture(a, b, w, out):
     return torch.lerp(b, a, w, out=out).clamp_min_(_tiny(a))
 
 
-def _fkl(s, t, w, _):
+def _fkl(s, t, w, out):
     # L = sum p (log p - log q); dL/ds = q - p
     logp = torch.log_softmax(t, -1, out=w[0])
     p = torch.exp(logp, out=w[1])
     logq = torch.log_softmax(s, -1, out=w[2])
-    d = logp.sub_(logq)
+    loss = _rowdot(p, logp.sub_(logq))
     q = logq.exp_()
-    return _rowdot(p, d), q.sub_(p), 1.0
+    return loss, torch.sub(q, p, out=q if out is None else out), 1.0
 
 
-def _rkl(s, t, w, _):
+def _rkl(s, t, w, out):
     # L = sum q (log q - log p); dL/dq = log q - log p + 1, so dL/ds = q (log q - log p - L)
     logq, logp = torch.log_softmax(s, -1, out=w[0]), torch.log_softmax(t, -1, out=w[1])
     d = torch.sub(logq, logp, out=logp)
     q = logq.exp_()
     loss = _rowdot(q, d)
-    return loss, d.sub_(loss[:, None]).mul_(q), 1.0
+    return loss, torch.mul(d.sub_(loss[:, None]), q, out=d if out is None else out), 1.0
 
 
-def _sym_kl(s, t, w, _):
+def _sym_kl(s, t, w, out):
     # L = sum (q - p)(log q - log p); dL/ds = (q - p) + q (log q - log p - RKL) = q (d - RKL + 1) - p
     logq, logp = torch.log_softmax(s, -1, out=w[0]), torch.log_softmax(t, -1, out=w[1])
     d = torch.sub(logq, logp, out=w[2])
     q, p = logq.exp_(), logp.exp_()
     rkl = _rowdot(q, d)
     loss = rkl - _rowdot(p, d)
-    return loss, d.sub_((rkl - 1)[:, None]).mul_(q).sub_(p), 1.0
+    return loss, torch.sub(d.sub_((rkl - 1)[:, None]).mul_(q), p, out=d if out is None else out), 1.0
 
 
-def _jsd(s, t, w, beta):
+def _jsd(s, t, w, out, beta):
     # L = beta KL(p||m) + (1-beta) KL(q||m), m = beta p + (1-beta) q.
     # dL/dq = (1-beta)(log q - log m) (the m-terms cancel because sum m = 1), so
     # dL/ds = (1-beta) q (log q - log m - KL(q||m)).
@@ -141,19 +144,19 @@ def _jsd(s, t, w, beta):
     a = torch.clamp(q, min=_tiny(q), out=p).log_().sub_(logm)
     kl_qm = _rowdot(q, a)
     loss = beta * kl_pm + (1 - beta) * kl_qm
-    return loss, a.sub_(kl_qm[:, None]).mul_(q), 1 - beta
+    return loss, torch.mul(a.sub_(kl_qm[:, None]), q, out=a if out is None else out), 1 - beta
 
 
-def _skew_fkl(s, t, w, alpha):
+def _skew_fkl(s, t, w, out, alpha):
     # L = sum p log(p / r), r = alpha p + (1-alpha) q. With u = p / r: dL/dq = -(1-alpha) u, so
     # dL/ds = (1-alpha) q (sum_k q_k u_k - u).  u <= 1/alpha stays finite even where r is clamped.
     p, q = torch.softmax(t, -1, out=w[0]), torch.softmax(s, -1, out=w[1])
     u = torch.div(p, _mixture(p, q, alpha, out=w[2]), out=w[2])
     loss = torch.xlogy(p, u, out=p).sum(-1)  # p log u, and 0 where p underflows to 0
-    return loss, u.sub_(_rowdot(q, u)[:, None]).mul_(q), -(1 - alpha)
+    return loss, torch.mul(u.sub_(_rowdot(q, u)[:, None]), q, out=u if out is None else out), -(1 - alpha)
 
 
-def _skew_rkl(s, t, w, alpha):
+def _skew_rkl(s, t, w, out, alpha):
     # L = sum q log(q / r), r = alpha q + (1-alpha) p. With v = q / r and d = log v:
     # dL/dq = d + 1 - alpha v, so dL/ds = q (d - alpha v - L + alpha sum_k q_k v_k).
     p, q = torch.softmax(t, -1, out=w[0]), torch.softmax(s, -1, out=w[1])
@@ -162,30 +165,39 @@ def _skew_rkl(s, t, w, alpha):
     d = torch.log(v, out=w[2])
     loss = _rowdot(q, d)
     shift = alpha * _rowdot(q, v) - loss
-    return loss, d.sub_(v, alpha=alpha).add_(shift[:, None]).mul_(q), 1.0
+    g = d.sub_(v, alpha=alpha).add_(shift[:, None])
+    return loss, torch.mul(g, q, out=g if out is None else out), 1.0
 
 
-def _tvd(s, t, w, _):
+def _tvd(s, t, w, out):
     # L = 1/2 sum |q - p|; subgradient dL/dq = 1/2 sign(q - p), so dL/ds = 1/2 q (sigma - sum_k q_k sigma_k)
     q, p = torch.softmax(s, -1, out=w[0]), torch.softmax(t, -1, out=w[1])
     diff = torch.sub(q, p, out=p)
     loss = 0.5 * torch.linalg.vector_norm(diff, 1, -1)  # a reduction: no |diff| buffer
     sigma = diff.sign_()
-    return loss, sigma.sub_(_rowdot(q, sigma)[:, None]).mul_(q), 0.5
+    return loss, torch.mul(sigma.sub_(_rowdot(q, sigma)[:, None]), q, out=sigma if out is None else out), 0.5
 
 
 _KERNELS = {"fkl": _fkl, "rkl": _rkl, "jsd": _jsd, "skew_fkl": _skew_fkl, "skew_rkl": _skew_rkl,
             "tvd": _tvd, "sym_kl": _sym_kl}
-_N_BUFFERS = {_rkl: 2, _tvd: 2}  # workspace buffers a kernel uses; 3 for the others
 
 
 def _kernel_for(spec: _Spec):
-    """The chunk kernel and its parameter; parameter values whose formula is exactly FKL/RKL go there."""
+    """The chunk kernel with its parameter bound; parameter values whose formula is exactly FKL/RKL go there."""
     if spec.kind == "jsd" and spec.beta in (0.0, 1.0):
-        return (_fkl, None) if spec.beta == 0.0 else (_rkl, None)
+        return _fkl if spec.beta == 0.0 else _rkl
     if spec.kind in ("skew_fkl", "skew_rkl") and spec.alpha == 0.0:
-        return (_fkl, None) if spec.kind == "skew_fkl" else (_rkl, None)
-    return _KERNELS[spec.kind], spec.beta if spec.kind == "jsd" else spec.alpha
+        return _fkl if spec.kind == "skew_fkl" else _rkl
+    kernel = _KERNELS[spec.kind]
+    if spec.kind == "jsd":
+        return functools.partial(kernel, beta=spec.beta)
+    if spec.kind.startswith("skew"):
+        return functools.partial(kernel, alpha=spec.alpha)
+    return kernel
+
+
+def _n_buffers(spec: _Spec) -> int:
+    return 2 if _kernel_for(spec) in (_rkl, _tvd) else 3
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -199,20 +211,19 @@ def _chunks(n_rows: int, rows: torch.Tensor | None, size: int):
 
 def _run(s: torch.Tensor, t: torch.Tensor, rows: torch.Tensor | None, spec: _Spec, want_grad: bool = True):
     """Per-token losses [N] (compute dtype, zeros at masked rows) and, if wanted, the gradient dL_i/ds_i
-    [N, V] in s's dtype (zero rows where masked)."""
-    kernel, param = _kernel_for(spec)
+    [N, V] in s's dtype (zero rows where masked) as (g, c) with gradient = c * g."""
+    kernel = _kernel_for(spec)
     cdtype = torch.promote_types(torch.promote_types(s.dtype, t.dtype), torch.float32)
     inv_t = 1.0 / spec.temperature
     # d(loss)/d(raw logits) = dL/ds / T; with Hinton's scaling both loss and gradient gain T^2.
     loss_scale = spec.temperature**2 if spec.scale_by_t2 else 1.0
-    grad_scale = loss_scale * inv_t
     n_rows = s.shape[0] if rows is None else rows.numel()
     size = min(spec.chunk_rows, max(n_rows, 1))
     # inputs are used in place (views) unless they must be gathered, upcast or divided by T
     convert = rows is not None or s.dtype != cdtype or t.dtype != cdtype or inv_t != 1.0
-    work = torch.empty(_N_BUFFERS.get(kernel, 3) + 2 * convert, size, s.shape[1], dtype=cdtype, device=s.device)
+    work = torch.empty(_n_buffers(spec) + 2 * convert, size, s.shape[1], dtype=cdtype, device=s.device)
     losses = torch.zeros(s.shape[0], dtype=cdtype, device=s.device)
-    grad = None
+    grad, factor = None, 1.0
     if want_grad:
         grad = torch.empty_like(s) if rows is None else torch.zeros_like(s)
     for idx in _chunks(n_rows, rows, size):
@@ -223,38 +234,32 @@ def _run(s: torch.Tensor, t: torch.Tensor, rows: torch.Tensor | None, spec: _Spe
             if inv_t != 1.0:
                 sc.mul_(inv_t)
                 tc.mul_(inv_t)
-        loss, g, factor = kernel(sc, tc, w, param)
+        # contiguous rows: the gradient is written straight into its place (cast to s's dtype on the way)
+        out = grad[idx] if want_grad and isinstance(idx, slice) else None
+        loss, g, factor = kernel(sc, tc, w, out)
         losses[idx] = loss * loss_scale if loss_scale != 1.0 else loss
-        if want_grad:
-            _store(grad, idx, g, factor * grad_scale)
-    return losses, grad
-
-
-def _store(grad, idx, g, factor):
-    """grad[idx] = factor * g, scaling during the copy (one pass) when the rows are a contiguous slice."""
-    if isinstance(idx, slice) and factor != 1.0:
-        torch.mul(g, factor, out=grad[idx])
-    elif isinstance(idx, slice):
-        grad[idx].copy_(g)
-    else:
-        grad[idx] = g.mul_(factor) if factor != 1.0 else g
+        if want_grad and out is None:
+            grad[idx] = g
+    return losses, (grad, factor * loss_scale * inv_t)
 
 
 class _ChunkedKD(torch.autograd.Function):
     @staticmethod
     def forward(ctx, s, t, rows, spec):
-        losses, grad = _run(s, t, rows, spec)
-        ctx.spec, ctx.grad = spec, grad
+        losses, ctx.grad = _run(s, t, rows, spec)
+        ctx.spec = spec
         ctx.save_for_backward(s, t, rows)
         return losses
 
     @staticmethod
     def backward(ctx, grad_losses):
-        grad, ctx.grad = ctx.grad, None  # hand the stored gradient over: no [N, V] copy
-        if grad is None:  # a second backward through the same graph: recompute
+        stored, ctx.grad = ctx.grad, None  # hand the stored gradient over: no [N, V] copy
+        if stored is None:  # a second backward through the same graph: recompute
             s, t, rows = ctx.saved_tensors
-            _, grad = _run(s, t, rows, ctx.spec)
-        grad.mul_(grad_losses.to(grad.dtype)[:, None])
+            stored = _run(s, t, rows, ctx.spec)[1]
+        grad, factor = stored
+        # the one pass over the gradient: upstream per-token weights times the kernel's constant factor
+        grad.mul_((grad_losses.to(torch.float64) * factor).to(grad.dtype)[:, None])
         return grad, None, None, None
 
 

@@ -146,7 +146,7 @@ def _network(config: StudentConfig, num_labels: int, token_level: bool):
     encoder, tokenizer, _ = _pretrained(config.model)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        net = _Net(copy.deepcopy(encoder), num_labels, config.dropout, token_level)
+        net = _build_net(copy.deepcopy(encoder), num_labels, config.dropout, token_level)
     return net.to(pick_device(config.device)), tokenizer
 
 
@@ -181,8 +181,9 @@ def _net_class():
     return Net
 
 
-def _Net(*args):  # noqa: N802 - the torch class is built on first use: importing kdlib stays cheap
-    return _net_class()(*args)
+def _build_net(encoder, num_labels: int, dropout: float, token_level: bool):
+    # the torch module class is defined on first use so that importing kdlib does not import torch
+    return _net_class()(encoder, num_labels, dropout, token_level)
 
 
 # ----------------------------------------------------------------------------- input normalisation
@@ -397,11 +398,64 @@ def _weighted_loss(logits, labels, weights):
     return (per_item * weights).sum() / counted
 
 
+def _schedule(n_examples: int, config: StudentConfig, total: int, generator):
+    """Yield (fractional epoch after the batch, example indices) for `total` steps of seeded shuffled epochs."""
+    import torch
+
+    step = 0
+    for epoch in range(math.ceil(total / math.ceil(n_examples / config.batch_size))):
+        order = torch.randperm(n_examples, generator=generator).tolist()
+        for first in range(0, n_examples, config.batch_size):
+            if step == total:
+                return
+            step += 1
+            last = min(first + config.batch_size, n_examples)
+            yield epoch + last / n_examples, order[first:last]
+
+
+class _BestState:
+    """Keeps the best-scoring weights in memory and counts evaluations without improvement."""
+
+    def __init__(self):
+        self.state, self.score, self.step, self.stale = None, None, None, 0
+
+    def update(self, net, step: int, score: float) -> None:
+        if self.score is None or score > self.score:  # ties keep the earlier (shorter-trained) weights
+            self.score, self.step, self.stale = score, step, 0
+            self.state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        else:
+            self.stale += 1
+
+    def restore(self, net) -> None:
+        if self.state is not None:
+            net.load_state_dict(self.state)
+
+
+def _train_step(net, batch, optimizer, scheduler, max_grad_norm: float | None) -> float:
+    import torch
+
+    loss = _weighted_loss(net(batch["input_ids"], batch["attention_mask"]), batch["labels"], batch["weights"])
+    loss.backward()
+    if max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(net.parameters(), max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+
+def _validation_score(validate, metric: str) -> tuple[float, dict]:
+    scores = validate()
+    if metric not in scores:
+        raise ValueError(f"StudentConfig.metric {metric!r} is not among the validation metrics {sorted(scores)}")
+    return float(scores[metric]), scores
+
+
 def _fit(net, examples: list[tuple], collate, config: StudentConfig, validate) -> History:
-    """Train `net` in place on `examples`; `validate()` -> metrics dict or None (no validation).
+    """Train `net` in place on `examples`, evaluating with `validate` (a `_Validator`) if enabled.
 
     Shuffling uses its own seeded generator and dropout runs under a forked, seeded
-    torch RNG, so results do not depend on (nor disturb) the caller's random state.
+    torch RNG, so results neither depend on nor disturb the caller's random state.
     """
     import torch
 
@@ -411,52 +465,30 @@ def _fit(net, examples: list[tuple], collate, config: StudentConfig, validate) -
     history = History(total_steps=total, steps_per_epoch=steps_per_epoch)
     metric = config.metric or validate.metric
     optimizer, scheduler = _optimizer(net, config, total)
-    shuffler = torch.Generator().manual_seed(config.seed)
-    best_state, bad_evals, step, start = None, 0, 0, time.monotonic()
-    epochs = range(math.ceil(total / steps_per_epoch))
+    best, start = _BestState(), time.monotonic()
+    steps = _schedule(len(examples), config, total, torch.Generator().manual_seed(config.seed))
+    if total >= LONG_RUN_STEPS:
+        steps = track(steps, desc="student steps", total=total)
     device = next(net.parameters()).device
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
         torch.manual_seed(config.seed + 1)  # dropout stream, distinct from the head-init stream
-        for epoch in (track(epochs, desc="student epochs") if total >= LONG_RUN_STEPS else epochs):
+        net.train()
+        for step, (epoch, indices) in enumerate(steps, 1):
+            batch = collate([examples[i] for i in indices])
+            history.loss.append(_train_step(net, batch, optimizer, scheduler, config.max_grad_norm))
+            if not validate.enabled or (step % every and step != total):
+                continue
+            score, scores = _validation_score(validate, metric)
             net.train()
-            order = torch.randperm(len(examples), generator=shuffler).tolist()
-            for first in range(0, len(order), config.batch_size):
-                batch = collate([examples[i] for i in order[first:first + config.batch_size]])
-                loss = _weighted_loss(net(batch["input_ids"], batch["attention_mask"]), batch["labels"],
-                                      batch["weights"])
-                loss.backward()
-                if config.max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(net.parameters(), config.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                history.loss.append(float(loss.detach()))
-                step += 1
-                if validate.enabled and (step % every == 0 or step == total):
-                    scores = validate()
-                    net.train()
-                    if metric not in scores:
-                        raise ValueError(f"StudentConfig.metric {metric!r} is not among the validation "
-                                         f"metrics {sorted(scores)}")
-                    score = float(scores[metric])
-                    done = min(first + config.batch_size, len(order)) / len(order)
-                    history.evals.append({"step": step, "epoch": epoch + done, "score": score,
-                                          **scores})
-                    if history.best_score is None or score > history.best_score:
-                        history.best_score, history.best_step, bad_evals = score, step, 0
-                        best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-                    else:
-                        bad_evals += 1
-                    if config.patience is not None and bad_evals >= config.patience and step >= config.min_steps:
-                        history.stopped_early = True
-                if step >= total or history.stopped_early:
-                    break
-            if step >= total or history.stopped_early:
+            history.evals.append({"step": step, "epoch": epoch, "score": score, **scores})
+            best.update(net, step, score)
+            if config.patience is not None and best.stale >= config.patience and step >= config.min_steps:
+                history.stopped_early = True
                 break
-    if best_state is not None:
-        net.load_state_dict(best_state)
-    net.eval()
+    best.restore(net)
+    history.best_step, history.best_score = best.step, best.score
     history.seconds = time.monotonic() - start
+    net.eval()
     return history
 
 

@@ -41,6 +41,29 @@ def test_step_plan_respects_min_and_max_steps():
     assert student._plan(4, StudentConfig(batch_size=4, epochs=1, min_steps=100))[2] == 100 // student.MAX_AUTO_EVALS
 
 
+def test_schedule_covers_each_epoch_then_stops_at_total():
+    import torch
+
+    steps = list(student._schedule(5, StudentConfig(batch_size=2), 7, torch.Generator().manual_seed(0)))
+    assert [len(idx) for _, idx in steps] == [2, 2, 1, 2, 2, 1, 2]
+    assert sorted(i for _, idx in steps[:3] for i in idx) == [0, 1, 2, 3, 4]
+    assert [e for e, _ in steps[:4]] == pytest.approx([0.4, 0.8, 1.0, 1.4])
+
+
+def test_best_state_keeps_the_best_weights():
+    import torch
+
+    net = torch.nn.Linear(2, 1)
+    best = student._BestState()
+    for step, score in enumerate([0.5, 0.7, 0.6, 0.7], 1):
+        with torch.no_grad():
+            net.weight.fill_(step)
+        best.update(net, step, score)
+    assert (best.step, best.score, best.stale) == (2, 0.7, 2)  # a tie does not replace the best
+    best.restore(net)
+    assert net.weight.tolist() == [[2.0, 2.0]]
+
+
 # ----------------------------------------------------------------------------- inputs (no model needed)
 
 
@@ -172,6 +195,16 @@ def test_same_seed_same_run_bit_for_bit(sst2):
     assert a.history.loss != c.history.loss
     with pytest.raises(ValueError, match="StudentConfig.metric 'auc'"):
         student.train_classifier(small, val, cfg.replace(max_steps=1, metric="auc"))
+
+
+@pytest.mark.slow
+def test_early_stopping_restores_the_best_evaluation(sst2):
+    # a vanishing learning rate leaves the validation score flat: no improvement after step 1
+    cfg = StudentConfig(batch_size=8, lr=1e-12, head_lr=1e-12, min_steps=0, max_steps=10, eval_every=1, patience=2)
+    s = student.train_classifier(sst2["train"].select(range(16)), sst2["validation"].select(range(8)), cfg)
+    h = s.history
+    assert h.stopped_early and len(h.loss) == 3 and [e["step"] for e in h.evals] == [1, 2, 3]
+    assert h.best_step == 1 and h.best_score == h.evals[0]["macro_f1"]
 
 
 @pytest.mark.slow
