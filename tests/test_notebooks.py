@@ -54,6 +54,17 @@ EXPECTED = {
         "coannotation_routing_gain_over_random": (-0.5, 0.5),
         "coannotation_student_macro_f1_at_max_budget": (0.0, 1.0),
     },
+    "03_model_distillation": {
+        # references trained on 200 examples must beat chance on both datasets (0.5 and 1/3 macro-F1 at most)
+        **{f"full_data_macro_f1/{d}": (lo, 1.0) for d, lo in (("sst2", 0.55), ("financial_phrasebank", 0.35))},
+        **{f"student_macro_f1/{d}/{m}": (0.0, 1.0) for d in ("sst2", "financial_phrasebank")
+           for m in ("gold_few_shot", "zerogen", "few_shot_gen", "few_shot_gen_gold")},
+        # every recipe must keep some rows, bill some tokens and judge some of its rows
+        **{f"{k}/{d}/{r}": rng for d in ("sst2", "financial_phrasebank") for r in ("zerogen", "few_shot_gen")
+           for k, rng in (("tokens", (50, 10**6)), ("synthetic_rows", (1, 12)), ("fidelity", (0.0, 1.0)),
+                          ("distinct2", (0.3, 1.0)))},
+        "teacher_tokens_total": (200, 10**7),
+    },
 }
 
 
