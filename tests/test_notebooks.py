@@ -54,6 +54,18 @@ EXPECTED = {
         "coannotation_routing_gain_over_random": (-0.5, 0.5),
         "coannotation_student_macro_f1_at_max_budget": (0.0, 1.0),
     },
+    "02_reformation_and_self_llmda": {
+        "full_data_macro_f1": (0.55, 1.0),
+        **{f"student_macro_f1/{m}": (0.0, 1.0) for m in (
+            "gold_few_shot", "eda", "paraphrase_auggpt", "counterfactual", "self_llmda_selected",
+            "self_llmda_random_instructions")},
+        **{f"fidelity/{m}": (0.0, 1.0) for m in ("eda", "paraphrase_auggpt", "counterfactual")},
+        **{f"tokens/{m}": (20, 10**6) for m in ("paraphrase_auggpt", "counterfactual", "self_llmda_selected",
+                                                 "self_llmda_random_instructions")},
+        "pool_generated_instructions": (0, 2),
+        "selection_overhead_tokens": (20, 10**6),
+        "selection_gain_over_random": (-1.0, 1.0),
+    },
     "03_model_distillation": {
         # references trained on 200 examples must beat chance on both datasets (0.5 and 1/3 macro-F1 at most)
         **{f"full_data_macro_f1/{d}": (lo, 1.0) for d, lo in (("sst2", 0.55), ("financial_phrasebank", 0.35))},

@@ -1,0 +1,129 @@
+"""Self-LLMDA (Li et al., 2024, "Empowering LLMs for textual data augmentation"): grow a pool of
+augmentation *instructions* with the teacher, then learn which ones help the target task.
+
+1. `grow`: Self-Instruct-style bootstrapping. Each request shows 3 instructions drawn from the
+   pool and asks for new ones; candidates pass a length check, a "reads like a rewriting
+   instruction" check and the ROUGE-L novelty filter against the pool before they join it.
+2. Utility: the notebook applies a *probe* subset of the pool to the few-shot data and measures
+   each instruction's gain on a dev split carved from validation (never test).
+3. `predict_utility`: a small selection model predicts the gain of unmeasured instructions from
+   their sentence embeddings: Nadaraya-Watson kernel regression, a softmax over cosine
+   similarity to the probes (with few probes a linear model on 384-d embeddings would only
+   memorise). `loo_predictions` tells whether it predicts anything at all.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from kdlib.dedup import novelty_filter
+from kdlib.parse import ParseReport, parse_classification
+from kdlib.synth import split_inline_list
+
+SEED_INSTRUCTIONS = (
+    "Rephrase the text below in other words, keeping its meaning.",
+    "Rewrite the text below in a more formal style.",
+    "Rewrite the text below as a casual message to a friend.",
+    "Make the text below shorter without changing what it says.",
+    "Add one plausible detail to the text below without changing its meaning.",
+    "Replace some words of the text below with synonyms.",
+)
+# A rewriting instruction names what to do with the text; a 135M teacher often writes anything else.
+_INSTRUCTION_WORDS = re.compile(r"\b(text|sentence|rewrite|rephrase|paraphrase|reword|replace|add|make|change|"
+                                r"translate|summari[sz]e|shorten|expand|turn|convert|use|write)\b", re.I)
+
+_ECHO = re.compile(r"\binstructions?\b|numbered list|training examples", re.I)
+
+
+def grow_prompt(shown: Sequence[str], n: int) -> list[dict]:
+    lines = ["Here are instructions for rewriting a text to create new training examples for a text classifier:"]
+    lines += [f"{i}. {s}" for i, s in enumerate(shown, 1)]
+    lines.append(f"Write {n} new instructions of the same kind, each different from the ones above. "
+                 "Answer with a numbered list, one instruction per line, and nothing else.")
+    return [{"role": "user", "content": "\n".join(lines)}]
+
+
+@dataclass
+class Pool:
+    instructions: list[str]      # seeds first, then accepted candidates in order
+    n_seeds: int
+    report: ParseReport          # every candidate line: kept or rejected with a reason
+    tokens: int = 0              # teacher tokens (cache hits included)
+    tokens_spent: int = 0
+    rounds: int = 0
+
+    @property
+    def generated(self) -> list[str]:
+        return self.instructions[self.n_seeds:]
+
+
+def _candidates(outputs: Sequence[str], min_chars: int, max_chars: int) -> ParseReport:
+    report = parse_classification([split_inline_list(o) for o in outputs], ["instruction"],
+                                  default_label="instruction", min_chars=min_chars, max_chars=max_chars)
+    kept = []
+    for row in report.kept:
+        if _ECHO.search(row["text"]):
+            report.reject(row["text"], "echoes_the_request")  # "Write 5 more instructions of the same kind"
+        elif _INSTRUCTION_WORDS.search(row["text"]):
+            kept.append(row["text"])
+        else:
+            report.reject(row["text"], "not_an_instruction")
+    report.kept = kept
+    return report
+
+
+def grow(teacher, seeds: Sequence[str] = SEED_INSTRUCTIONS, size: int = 16, *, per_request: int = 5,
+         requests_per_round: int = 4, max_rounds: int = 4, seed: int = 0, temperature: float = 1.0,
+         top_p: float = 0.95, max_new_tokens: int = 160, novelty: float = 0.7, min_chars: int = 20,
+         max_chars: int = 200) -> Pool:
+    """Grow the pool from `seeds` to `size` instructions (fewer if `max_rounds` runs out)."""
+    if len(seeds) < 1 or size < len(seeds):
+        raise ValueError(f"need at least one seed instruction and size >= {len(seeds)}, got size={size}")
+    t = teacher.with_cache(teacher.cache)
+    rng = random.Random(seed)
+    pool, report, tokens, rounds = list(seeds), ParseReport(), 0, 0
+    while len(pool) < size and rounds < max_rounds:
+        rounds += 1
+        prompts = [grow_prompt(rng.sample(pool, min(3, len(pool))), per_request) for _ in range(requests_per_round)]
+        outs = t.generate(prompts, n=1, seed=seed + rounds, temperature=temperature, top_p=top_p,
+                          max_new_tokens=max_new_tokens)
+        tokens += sum(c.prompt_tokens + c.completion_tokens for c in outs)
+        found = _candidates([c.text for c in outs], min_chars, max_chars)
+        novel, filtered = novelty_filter(found.kept, pool, threshold=novelty, key=lambda s: s)
+        pool += novel[:size - len(pool)]
+        report = report.merge(found.then(filtered))
+    report.n_inputs = len(report.kept) + len(report.rejected)
+    return Pool(pool, len(seeds), report, tokens, t.tokens_spent(), rounds)
+
+
+# ----------------------------------------------------------------------------- the selection model
+
+def predict_utility(train_emb, train_y, query_emb, temperature: float = 0.05) -> np.ndarray:
+    """Kernel-regression prediction for each query row: sum_i w_i y_i with w = softmax(cos(q, x_i) / T).
+
+    Rows of the embedding arrays must be unit length (cosine = dot product). A small `temperature`
+    trusts the nearest probe; a large one predicts the probes' mean for everything.
+    """
+    x, q = np.asarray(train_emb, dtype=np.float64), np.asarray(query_emb, dtype=np.float64)
+    y = np.asarray(train_y, dtype=np.float64)
+    if x.ndim != 2 or q.ndim != 2 or x.shape[0] != len(y) or x.shape[1] != q.shape[1] or len(y) == 0:
+        raise ValueError(f"shapes do not fit: train {x.shape}, targets {y.shape}, query {q.shape}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    logits = q @ x.T / temperature
+    w = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return (w / w.sum(axis=1, keepdims=True)) @ y
+
+
+def loo_predictions(emb, y, temperature: float = 0.05) -> np.ndarray:
+    """Leave-one-out predictions of `predict_utility` over the measured instructions."""
+    emb, y = np.asarray(emb), np.asarray(y, dtype=np.float64)
+    if len(y) < 2:
+        raise ValueError("leave-one-out needs at least 2 measured instructions")
+    idx = np.arange(len(y))
+    return np.array([predict_utility(emb[idx != i], y[idx != i], emb[i:i + 1], temperature)[0] for i in idx])
