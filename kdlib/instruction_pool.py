@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,17 +62,24 @@ class Pool:
         return self.instructions[self.n_seeds:]
 
 
-def _candidates(outputs: Sequence[str], min_chars: int, max_chars: int) -> ParseReport:
+def augmentation_check(text: str) -> str | None:
+    """Why a candidate is not an augmentation instruction (a rejection reason), or None if it is one."""
+    if _ECHO.search(text):
+        return "echoes_the_request"  # "Write 5 more instructions of the same kind"
+    return None if _INSTRUCTION_WORDS.search(text) else "not_an_instruction"
+
+
+def _candidates(outputs: Sequence[str], min_chars: int, max_chars: int,
+                check: Callable[[str], str | None] = augmentation_check) -> ParseReport:
     report = parse_classification([split_inline_list(o) for o in outputs], ["instruction"],
                                   default_label="instruction", min_chars=min_chars, max_chars=max_chars)
     kept = []
     for row in report.kept:
-        if _ECHO.search(row["text"]):
-            report.reject(row["text"], "echoes_the_request")  # "Write 5 more instructions of the same kind"
-        elif _INSTRUCTION_WORDS.search(row["text"]):
-            kept.append(row["text"])
+        reason = check(row["text"])
+        if reason:
+            report.reject(row["text"], reason)
         else:
-            report.reject(row["text"], "not_an_instruction")
+            kept.append(row["text"])
     report.kept = kept
     return report
 
@@ -80,8 +87,16 @@ def _candidates(outputs: Sequence[str], min_chars: int, max_chars: int) -> Parse
 def grow(teacher, seeds: Sequence[str] = SEED_INSTRUCTIONS, size: int = 16, *, per_request: int = 5,
          requests_per_round: int = 4, max_rounds: int = 4, seed: int = 0, temperature: float = 1.0,
          top_p: float = 0.95, max_new_tokens: int = 160, novelty: float = 0.7, min_chars: int = 20,
-         max_chars: int = 200) -> Pool:
-    """Grow the pool from `seeds` to `size` instructions (fewer if `max_rounds` runs out)."""
+         max_chars: int = 200, shown: int = 3,
+         make_prompt: Callable[[Sequence[str], int], list[dict]] | None = None,
+         check: Callable[[str], str | None] = augmentation_check) -> Pool:
+    """Grow the pool from `seeds` to `size` instructions (fewer if `max_rounds` runs out).
+
+    Each request shows `shown` pool members through `make_prompt(shown, per_request)` (default:
+    `grow_prompt`, augmentation instructions); `check(candidate)` returns a rejection reason or
+    None. Self-Instruct task generation passes its own prompt and check (see `kdlib.self_instruct`).
+    """
+    make_prompt = make_prompt or grow_prompt
     if len(seeds) < 1 or size < len(seeds):
         raise ValueError(f"need at least one seed instruction and size >= {len(seeds)}, got size={size}")
     t = teacher.with_cache(teacher.cache)
@@ -89,11 +104,11 @@ def grow(teacher, seeds: Sequence[str] = SEED_INSTRUCTIONS, size: int = 16, *, p
     pool, report, tokens, rounds = list(seeds), ParseReport(), 0, 0
     while len(pool) < size and rounds < max_rounds:
         rounds += 1
-        prompts = [grow_prompt(rng.sample(pool, min(3, len(pool))), per_request) for _ in range(requests_per_round)]
+        prompts = [make_prompt(rng.sample(pool, min(shown, len(pool))), per_request) for _ in range(requests_per_round)]
         outs = t.generate(prompts, n=1, seed=seed + rounds, temperature=temperature, top_p=top_p,
                           max_new_tokens=max_new_tokens)
         tokens += sum(c.prompt_tokens + c.completion_tokens for c in outs)
-        found = _candidates([c.text for c in outs], min_chars, max_chars)
+        found = _candidates([c.text for c in outs], min_chars, max_chars, check)
         novel, filtered = novelty_filter(found.kept, pool, threshold=novelty, key=lambda s: s)
         pool += novel[:size - len(pool)]
         report = report.merge(found.then(filtered))

@@ -77,6 +77,19 @@ EXPECTED = {
                           ("distinct2", (0.3, 1.0)))},
         "teacher_tokens_total": (200, 10**7),
     },
+    "04_self_improvement": {
+        "full_data_macro_f1": (0.55, 1.0),
+        "selftrain_round0_macro_f1": (0.0, 1.0),
+        "selftrain_final_macro_f1": (0.0, 1.0),
+        # threshold 0.5 in smoke: every prediction qualifies, so pseudo-labels are added and measured
+        "selftrain_first_pseudo_label_accuracy": (0.0, 1.0),
+        # a chat model answering real instructions overlaps its references somewhat, never perfectly
+        "selfinstruct_base_rouge_l": (0.01, 0.9),
+        "selfinstruct_own_data_rouge_l": (0.0, 0.9),
+        "selfinstruct_real_sft_rouge_l": (0.0, 0.9),
+        "selfinstruct_kept_pairs": (1, 8),
+        "selfinstruct_tokens": (50, 10**6),
+    },
 }
 
 

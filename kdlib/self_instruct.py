@@ -1,0 +1,82 @@
+"""Self-Instruct (Wang et al., 2023): a model writes instructions and answers, and learns from them.
+
+1. Tasks: from a few seed instructions, the model writes new ones (`instruction_pool.grow` with
+   Self-Instruct's prompt and filters: ROUGE-L novelty < 0.7 against the pool, a keyword filter
+   for tasks a text model cannot do (images, files, links), 3 to 150 words).
+2. Answers: the same model answers each new instruction (greedy, cached).
+3. Filters on the pairs, each rejection counted: empty or cut-off answers, answers that only
+   repeat the instruction, answers too short to teach anything.
+The surviving pairs fine-tune the model (`kdlib.sft`); the notebook evaluates on held-out real
+instructions against their references.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from kdlib.dedup import rouge_l
+from kdlib.instruction_pool import Pool, grow
+from kdlib.parse import ParseReport
+
+# Self-Instruct's blacklist: tasks about images, files, links and the like cannot be done by a text model.
+# Its "plot" is left out: "the plot of Hamlet" is a text task.
+_EXCLUDE = re.compile(r"\b(image|images|picture|pictures|photo|graph|graphs|diagram|flowchart|file|files|draw|map|maps|"
+                      r"video|audio|go to|url|link|http)\b", re.I)
+_ECHO = re.compile(r"\b(new tasks?|numbered list|the examples above|instructions? of the same kind)\b", re.I)
+
+
+def task_prompt(shown: Sequence[str], n: int) -> list[dict]:
+    lines = ["Here are examples of tasks people ask an AI assistant to do:"]
+    lines += [f"{i}. {' '.join(s.split())}" for i, s in enumerate(shown, 1)]
+    lines.append(f"Come up with {n} new, diverse tasks, different from the examples. "
+                 "Answer with a numbered list, one task per line, and nothing else.")
+    return [{"role": "user", "content": "\n".join(lines)}]
+
+
+def task_check(text: str) -> str | None:
+    """Why a generated task is refused (a rejection reason), or None."""
+    words = len(text.split())
+    if words < 3 or words > 150:
+        return "task_length"
+    if _ECHO.search(text):
+        return "echoes_the_request"
+    if _EXCLUDE.search(text):
+        return "needs_non_text_io"
+    return None
+
+
+def generate_tasks(teacher, seed_instructions: Sequence[str], size: int, **kw) -> Pool:
+    """Grow a task pool from `seed_instructions` (shown 4 at a time, Self-Instruct shows 8)."""
+    kw.setdefault("shown", 4)
+    kw.setdefault("min_chars", 15)
+    kw.setdefault("max_chars", 600)
+    return grow(teacher, list(seed_instructions), size, make_prompt=task_prompt, check=task_check, **kw)
+
+
+def answer(teacher, instructions: Sequence[str], max_new_tokens: int = 160, seed: int = 0) -> list[dict]:
+    """The model's greedy answer to each instruction, with how it ended and what it cost."""
+    outs = teacher.generate([[{"role": "user", "content": x}] for x in instructions], seed=seed,
+                            temperature=0.0, max_new_tokens=max_new_tokens)
+    return [{"instruction": x, "response": c.text.strip(), "finish_reason": c.finish_reason,
+             "tokens": c.prompt_tokens + c.completion_tokens} for x, c in zip(instructions, outs)]
+
+
+def filter_pairs(pairs: Sequence[dict], min_words: int = 3, max_overlap: float = 0.8, drop_unfinished: bool = True
+                 ) -> tuple[list[dict], ParseReport]:
+    """Keep pairs with a finished (unless `drop_unfinished` is off), non-trivial answer that does more
+    than repeat its instruction."""
+    report = ParseReport(n_inputs=len(pairs))
+    for p in pairs:
+        response = p["response"]
+        if not response:
+            report.reject(p["instruction"], "empty_response")
+        elif drop_unfinished and p.get("finish_reason") == "length":
+            report.reject(response, "unfinished_response")  # cut by max_new_tokens: it would teach rambling
+        elif len(response.split()) < min_words:
+            report.reject(response, "response_too_short")
+        elif rouge_l(response, p["instruction"]) >= max_overlap:
+            report.reject(response, "repeats_instruction")
+        else:
+            report.kept.append({"instruction": p["instruction"], "response": response})
+    return report.kept, report
