@@ -301,6 +301,14 @@ def load(name_or_path: str, *, labels: list[str] | None = None, complete: bool =
     return complete_splits(dd, validation_fraction, seed) if complete else dd
 
 
+def sample(ds, n: int, seed: int = 0):
+    """A seeded random subset of `n` rows (all rows, shuffled, if `n` exceeds them); ``n <= 0`` means
+    the split as it is. For CPU budgets: evaluation on a subset of test, early stopping on part of validation."""
+    if n <= 0:
+        return ds
+    return ds.shuffle(seed=seed).select(range(min(n, len(ds))))
+
+
 def to_frame(ds):
     """A pandas view of a split with label ids decoded to their names (for display)."""
     frame = ds.to_pandas()

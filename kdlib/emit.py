@@ -9,6 +9,7 @@ read the metrics of a notebook that failed halfway through.
 from __future__ import annotations
 
 import math
+import re
 from numbers import Number
 
 METRIC_MIME = "application/vnd.kdlib.metric+json"
@@ -43,6 +44,14 @@ def emit(name: str, value, *, std: float | None = None, unit: str = "", higher_i
     except ImportError:  # outside IPython (scripts): print is the only reader
         print(text)
     return record
+
+
+def metric_key(text: str) -> str:
+    """A metric-name part from a label: "few-shot gen + gold" -> "few_shot_gen_gold"."""
+    key = re.sub(r"[^a-z0-9]+", "_", str(text).lower()).strip("_")
+    if not key:
+        raise ValueError(f"{text!r} has no letter or digit to make a metric name from")
+    return key
 
 
 def format_value(value, std: float | None = None) -> str:

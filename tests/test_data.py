@@ -134,3 +134,13 @@ def test_k_shot_ner_covers_every_entity_type(mirror):
         n = sum(any(names[t] == f"B-{typ}" for t in tags) for tags in shot["tags"])
         assert n >= 2, typ
     assert len(shot) <= 8
+
+
+def test_sample_is_seeded_and_bounded():
+    import datasets
+
+    ds = datasets.Dataset.from_dict({"x": list(range(10))})
+    assert data.sample(ds, 0) is ds
+    a, b = data.sample(ds, 4, seed=1), data.sample(ds, 4, seed=1)
+    assert a["x"] == b["x"] and len(a) == 4 and a["x"] != data.sample(ds, 4, seed=2)["x"]
+    assert sorted(data.sample(ds, 99, seed=1)["x"]) == list(range(10))

@@ -56,3 +56,12 @@ def test_seed_everything_repeats_and_device_checks():
             setup.pick_device("cuda")
     with pytest.raises(ValueError, match="unknown dtype"):
         setup.pick_dtype("cpu", "float8")
+
+
+def test_metric_key_from_labels():
+    from kdlib.emit import metric_key
+
+    assert metric_key("few-shot gen + gold") == "few_shot_gen_gold"
+    assert metric_key("Self-LLMDA (selected)") == "self_llmda_selected"
+    with pytest.raises(ValueError, match="no letter"):
+        metric_key(" -- ")
