@@ -1,0 +1,300 @@
+"""EvoKD (Liu et al., "Evolving Knowledge Distillation with Large Language Models and Active Learning",
+LREC-COLING 2024): the teacher studies the student's mistakes and writes the data that fixes them.
+
+Round r (after round 0, the student trained on the k-shot seed set):
+1. the current student predicts the pool (seed + generated samples so far);
+2. feedback: some correctly and some wrongly predicted pool items (text, gold label, student's
+   label), drawn at random or by data value (`feedback="value"`: the lowest-valued wrong items,
+   the most confusing, and the highest-valued right ones, the most typical);
+3. analysis (unless ``analysis=False``, an ablation): the teacher writes a short diagnosis of the
+   student's weaknesses, with the last `review` rounds' diagnoses in the prompt;
+4. generation: per stance ("easy": clearly labelled, "hard": near the decision boundary; or one
+   plain request when ``stances=()``, an ablation) the teacher writes labelled samples as JSON;
+   they are parsed and validated (`kdlib.parse`), de-duplicated against the pool and the test
+   texts; optionally relabelled by a separate teacher query (``relabel=True``; the paper's answer
+   to label noise) and pruned by KNN-Shapley value (``valuation="knn_shapley"``);
+5. the pool grows, a fresh student trains on it, and the round is checkpointed.
+
+Every round writes ``round_NNN.json`` (pool, analyses, history, tokens) atomically: a killed run
+resumes after its last finished round and asks the teacher for nothing it already has (the
+teacher cache makes even the interrupted round's finished calls free). Test scores are recorded
+for the learning curves only; no decision reads them.
+
+The task (classification here; NER plugs in through the same `Task` methods) supplies the
+prompts' wording, parsing, training and prediction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from kdlib.dedup import dedup
+from kdlib.parse import ParseReport, parse_classification
+from kdlib.synth import TaskSpec, split_inline_list
+from kdlib.valuation import knn_shapley, top_fraction
+
+STANCES = {
+    "easy": "easy examples: typical texts whose label is obvious",
+    "hard": "hard examples: texts the model above would likely get wrong, close to the boundary between labels",
+}
+
+
+@dataclass
+class EvoKDConfig:
+    rounds: int = 4
+    per_round: int = 16              # samples requested per round, split over the stances
+    samples_per_request: int = 2     # teacher samples per generation prompt (seeded, distinct)
+    feedback_correct: int = 4        # correctly predicted pool items shown to the teacher
+    feedback_wrong: int = 6          # wrongly predicted pool items shown
+    feedback: str = "random"         # "random" or "value" (KNN-Shapley picks the items shown)
+    analysis: bool = True            # ablation switch: without the weakness analysis
+    stances: tuple[str, ...] = ("easy", "hard")   # () = one plain request (ablation)
+    review: int = 2                  # earlier analyses kept in the prompt
+    relabel: bool = False            # a separate labelling query; disagreeing samples are dropped
+    valuation: str = "none"          # "none" or "knn_shapley": keep the most valuable new samples
+    keep_fraction: float = 0.75      # share of new samples kept by valuation
+    knn_k: int = 5
+    temperature: float = 0.8
+    analysis_max_new_tokens: int = 120
+    generate_max_new_tokens: int = 256
+    max_tokens: int | None = None    # stop once the teacher tokens spent so far reach this budget
+    seed: int = 0
+
+    def __post_init__(self):
+        self.stances = tuple(self.stances)
+        unknown = set(self.stances) - set(STANCES)
+        if unknown:
+            raise ValueError(f"EvoKDConfig.stances: unknown {sorted(unknown)}; known: {sorted(STANCES)}")
+        if self.feedback not in ("random", "value") or self.valuation not in ("none", "knn_shapley"):
+            raise ValueError("EvoKDConfig: feedback must be 'random' or 'value', valuation 'none' or 'knn_shapley'")
+        for name in ("rounds", "per_round", "samples_per_request", "knn_k"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"EvoKDConfig.{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        if not 0 < self.keep_fraction <= 1:
+            raise ValueError(f"EvoKDConfig.keep_fraction must be in (0, 1], got {self.keep_fraction}")
+
+    def fingerprint(self) -> str:
+        """Identity of a run: everything but when to stop (`rounds`, `max_tokens`), so a run can be extended."""
+        settings = {k: v for k, v in asdict(self).items() if k not in ("rounds", "max_tokens")}
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- the task: classification
+
+class ClassificationTask:
+    """Prompts, parsing, training and prediction for text classification."""
+
+    def __init__(self, spec: TaskSpec, student_config, test_texts: Sequence[str] = ()):
+        self.spec, self.config, self.test_texts = spec, student_config, list(test_texts)
+        self.labels = spec.label_names
+
+    def describe(self) -> str:
+        lines = [f"A small model is learning to classify {self.spec.text_kind} into one of these labels:"]
+        lines += [f"- {lab}: the text {d}" for lab, d in self.spec.label_descriptions.items()]
+        return "\n".join(lines)
+
+    def show(self, row: dict, pred: str | None = None) -> str:
+        text = " ".join(row["text"].split())
+        if pred is None or pred == row["label"]:
+            return f'"{text}" (label: {row["label"]})'
+        return f'"{text}" (correct label: {row["label"]}; the model said: {pred})'
+
+    def output_format(self, n: int, stance: str | None) -> str:
+        kind = STANCES[stance] if stance else "examples"
+        return (f"Write {n} new {kind}, each with its correct label. Answer with one JSON object per line, "
+                'like {"text": "...", "label": "..."}, and nothing else.')
+
+    def parse(self, outputs: Sequence[str]) -> ParseReport:
+        return parse_classification([split_inline_list(o) for o in outputs], self.labels, min_chars=10)
+
+    def train(self, rows: Sequence[dict], seed: int):
+        from kdlib.student import train_classifier
+
+        return train_classifier(list(rows), None, self.config.replace(seed=seed), label_names=self.labels)
+
+    def predict(self, student, rows: Sequence[dict]) -> list[str]:
+        return student.predict_labels([r["text"] for r in rows]) if rows else []
+
+    def embed(self, student, rows: Sequence[dict]):
+        return student.embed([r["text"] for r in rows], normalize=True)
+
+    def evaluate(self, student, dataset) -> dict:
+        return student.evaluate(dataset)
+
+    def relabel(self, teacher, rows: Sequence[dict], shots: Sequence[dict]) -> list[str | None]:
+        from kdlib.labeling import annotate_generate
+
+        demos = [(r["text"], r["label"]) for r in shots]
+        return annotate_generate(teacher, [r["text"] for r in rows], self.labels, demos,
+                                 task=f"the {self.spec.text_kind}", method="relabel").labels
+
+
+# ----------------------------------------------------------------------------- prompts
+
+def analysis_prompt(task, right: Sequence[tuple[dict, str]], wrong: Sequence[tuple[dict, str]],
+                    earlier: Sequence[str]) -> list[dict]:
+    lines = [task.describe(), ""]
+    if right:
+        lines += ["Examples it classified correctly:"] + [f"{i}. {task.show(r, p)}" for i, (r, p) in enumerate(right, 1)]
+    if wrong:
+        lines += ["Examples it got wrong:"] + [f"{i}. {task.show(r, p)}" for i, (r, p) in enumerate(wrong, 1)]
+    if earlier:
+        lines += ["Your earlier analyses:"] + [f"- {a}" for a in earlier]
+    lines.append("In two or three sentences, describe which kinds of texts the model gets wrong, and why.")
+    return [{"role": "user", "content": "\n".join(lines)}]
+
+
+def generation_prompt(task, analysis: str | None, wrong: Sequence[tuple[dict, str]], n: int,
+                      stance: str | None) -> list[dict]:
+    lines = [task.describe(), ""]
+    if analysis:
+        lines += ["Analysis of its weaknesses: " + " ".join(analysis.split()), ""]
+    if wrong:
+        lines += ["Examples it got wrong:"] + [f"{i}. {task.show(r, p)}" for i, (r, p) in enumerate(wrong, 1)] + [""]
+    lines.append(task.output_format(n, stance))
+    return [{"role": "user", "content": "\n".join(lines)}]
+
+
+# ----------------------------------------------------------------------------- the loop
+
+@dataclass
+class EvoKDState:
+    pool: list[dict]                              # {"text", "label", "origin": "seed" | "round N", ...}
+    analyses: list[str] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)
+    examples: list[dict] = field(default_factory=list)   # per round: prompts' feedback and a few samples
+    tokens: int = 0                               # teacher tokens (cache hits included)
+    round: int = 0
+
+
+def _feedback(task, cfg: EvoKDConfig, student, pool: list[dict], rng: random.Random, seeds: list[dict]):
+    preds = task.predict(student, pool)
+    right = [(r, p) for r, p in zip(pool, preds) if p == r["label"]]
+    wrong = [(r, p) for r, p in zip(pool, preds) if p != r["label"]]
+    if cfg.feedback == "value" and len(pool) > 1:
+        values = knn_shapley(task.embed(student, pool), [r["label"] for r in pool],
+                             task.embed(student, seeds), [r["label"] for r in seeds], cfg.knn_k)
+        value = {id(r): v for r, v in zip(pool, values)}
+        wrong = sorted(wrong, key=lambda rp: value[id(rp[0])])[:cfg.feedback_wrong]
+        right = sorted(right, key=lambda rp: -value[id(rp[0])])[:cfg.feedback_correct]
+    else:
+        wrong = rng.sample(wrong, min(cfg.feedback_wrong, len(wrong)))
+        right = rng.sample(right, min(cfg.feedback_correct, len(right)))
+    return right, wrong, float(np.mean([p == r["label"] for r, p in zip(pool, preds)])) if pool else 0.0
+
+
+def _new_samples(teacher, task, cfg: EvoKDConfig, state: EvoKDState, right, wrong, seed: int):
+    tokens, analysis = 0, None
+    if cfg.analysis:
+        out = teacher.generate([analysis_prompt(task, right, wrong, state.analyses[-cfg.review:] if cfg.review else [])],
+                               seed=seed, temperature=cfg.temperature, max_new_tokens=cfg.analysis_max_new_tokens)[0]
+        analysis, tokens = " ".join(out.text.split()), out.prompt_tokens + out.completion_tokens
+    stances = cfg.stances or (None,)
+    per_request = max(1, round(cfg.per_round / (len(stances) * cfg.samples_per_request)))
+    prompts = [generation_prompt(task, analysis, wrong, per_request, s) for s in stances]
+    outs = teacher.generate(prompts, n=cfg.samples_per_request, seed=seed, temperature=cfg.temperature,
+                            max_new_tokens=cfg.generate_max_new_tokens)
+    tokens += sum(c.prompt_tokens + c.completion_tokens for c in outs)
+    report = ParseReport()
+    for k, stance in enumerate(stances):
+        part = task.parse([c.text for c in outs[k * cfg.samples_per_request:(k + 1) * cfg.samples_per_request]])
+        part.kept = [{**r, "stance": stance or "plain"} for r in part.kept]
+        report = report.merge(part)
+    kept, dups = dedup(report.kept, near_threshold=0.9, against=state.pool, against_reason="copy_of_pool")
+    kept, leaks = dedup(kept, near_threshold=None, against=[{"text": t} for t in task.test_texts])
+    report = report.then(dups).then(leaks)
+    return analysis, kept, report, tokens, prompts
+
+
+def _save(folder: Path, state: EvoKDState, cfg: EvoKDConfig) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"round_{state.round:03d}.json"
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps({"config": asdict(cfg), "fingerprint": cfg.fingerprint(), **asdict(state)},
+                              ensure_ascii=False))
+    os.replace(tmp, path)  # a kill leaves the previous round's file, never half a file
+
+
+def _load(folder: Path, cfg: EvoKDConfig, seeds: list[dict]) -> EvoKDState | None:
+    files = sorted(folder.glob("round_*.json")) if folder.is_dir() else []
+    if not files:
+        return None
+    saved = json.loads(files[-1].read_text())
+    if saved["fingerprint"] != cfg.fingerprint() or saved["pool"][:len(seeds)] != seeds:
+        raise ValueError(f"{folder} holds an EvoKD run with another configuration or seed set: "
+                         "use a new checkpoint folder (or delete this one) to start over")
+    return EvoKDState(**{k: saved[k] for k in ("pool", "analyses", "history", "examples", "tokens", "round")})
+
+
+def run(teacher, task, seeds: Sequence[dict], cfg: EvoKDConfig | None = None, *, evaluate_on=None,
+        checkpoint_dir: str | Path | None = None, progress: bool = True):
+    """Run (or resume) EvoKD; returns (final student, state). `seeds` are the k-shot gold rows."""
+    cfg = cfg or EvoKDConfig()
+    seed_rows = [{"text": r["text"], "label": r["label"], "origin": "seed"} for r in seeds]
+    if not seed_rows:
+        raise ValueError("EvoKD needs a non-empty seed set")
+    folder = Path(checkpoint_dir) if checkpoint_dir else None
+    state = (_load(folder, cfg, seed_rows) if folder else None) or EvoKDState(pool=seed_rows)
+    t = teacher  # its ledger shows what this process really computed; state.tokens is the run's full bill
+    student = task.train([{"text": r["text"], "label": r["label"]} for r in state.pool], cfg.seed)
+    if not state.history:
+        state.history.append(_history_row(task, student, state, evaluate_on, added=0, pool_accuracy=None, report=None))
+        if folder:
+            _save(folder, state, cfg)
+    rounds = range(state.round + 1, cfg.rounds + 1)
+    if progress:
+        from kdlib.progress import track
+
+        rounds = track(list(rounds), desc="EvoKD rounds")
+    for r in rounds:
+        if cfg.max_tokens is not None and state.tokens >= cfg.max_tokens:
+            break
+        rng = random.Random(f"{cfg.seed}/{r}")
+        right, wrong, pool_acc = _feedback(task, cfg, student, state.pool, rng, seed_rows)
+        analysis, new, report, tokens, prompts = _new_samples(t, task, cfg, state, right, wrong, seed=cfg.seed * 1000 + r)
+        if cfg.relabel and new:
+            labels = task.relabel(t, new, seed_rows)
+            agreed = [x for x, lab in zip(new, labels) if lab == x["label"]]
+            for x in new:
+                if x not in agreed:
+                    report.reject(x["text"], "label_disagreement")
+            new = agreed
+        if cfg.valuation == "knn_shapley" and new:
+            candidate_pool = state.pool + new
+            values = knn_shapley(task.embed(student, candidate_pool), [x["label"] for x in candidate_pool],
+                                 task.embed(student, seed_rows), [x["label"] for x in seed_rows], cfg.knn_k)
+            keep = set(top_fraction(values[len(state.pool):], cfg.keep_fraction).tolist())
+            for i, x in enumerate(new):
+                if i not in keep:
+                    report.reject(x["text"], "low_value")
+            new = [x for i, x in enumerate(new) if i in keep]
+        state.round = r
+        state.tokens += tokens
+        if analysis:
+            state.analyses.append(analysis)
+        state.pool += [{**x, "origin": f"round {r}"} for x in new]
+        student = task.train([{"text": x["text"], "label": x["label"]} for x in state.pool], cfg.seed)
+        state.history.append(_history_row(task, student, state, evaluate_on, len(new), pool_acc, report))
+        state.examples.append({"round": r, "analysis": analysis, "prompt": prompts[0][0]["content"],
+                               "samples": new[:6], "rejected": report.rejected[:6]})
+        if folder:
+            _save(folder, state, cfg)
+    return student, state
+
+
+def _history_row(task, student, state: EvoKDState, evaluate_on, added: int, pool_accuracy, report) -> dict:
+    row = {"round": state.round, "pool": len(state.pool), "added": added, "tokens": state.tokens,
+           "pool_accuracy_before": pool_accuracy,
+           "rejections": dict(report.counts) if report is not None else {}}
+    if evaluate_on is not None:
+        row.update({f"test_{k}": v for k, v in task.evaluate(student, evaluate_on).items()
+                    if isinstance(v, int | float)})
+    return row

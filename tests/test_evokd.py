@@ -1,0 +1,114 @@
+"""kdlib.evokd: configuration, prompts, checkpoints; a real run killed mid-way resumes without new teacher calls."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from kdlib import evokd, synth
+from kdlib.student import StudentConfig
+
+SPEC = synth.TaskSpec("a one-sentence movie review", {"negative": "is negative", "positive": "is positive"})
+SEEDS = [{"text": "A dull, lifeless and overlong film.", "label": "negative"},
+         {"text": "Flat characters and a plot that goes nowhere.", "label": "negative"},
+         {"text": "A warm, funny and moving story.", "label": "positive"},
+         {"text": "Beautifully acted and a joy to watch.", "label": "positive"}]
+
+
+def test_config_is_validated_and_fingerprint_ignores_the_stopping_rule():
+    with pytest.raises(ValueError, match="stances"):
+        evokd.EvoKDConfig(stances=("medium",))
+    with pytest.raises(ValueError, match="feedback"):
+        evokd.EvoKDConfig(feedback="best")
+    with pytest.raises(ValueError, match="per_round"):
+        evokd.EvoKDConfig(per_round=0)
+    base = evokd.EvoKDConfig()
+    assert base.fingerprint() == evokd.EvoKDConfig(rounds=9, max_tokens=100).fingerprint()
+    assert base.fingerprint() != evokd.EvoKDConfig(analysis=False).fingerprint()
+
+
+def test_prompts_show_mistakes_analysis_and_stance():
+    task = evokd.ClassificationTask(SPEC, StudentConfig())
+    right = [(SEEDS[2], "positive")]
+    wrong = [(SEEDS[0], "positive")]
+    a = evokd.analysis_prompt(task, right, wrong, ["It misses sarcasm."])[0]["content"]
+    assert "- negative: the text is negative" in a and '(correct label: negative; the model said: positive)' in a
+    assert '"A warm, funny and moving story." (label: positive)' in a and "- It misses sarcasm." in a
+    g = evokd.generation_prompt(task, "It confuses  faint praise.", wrong, 3, "hard")[0]["content"]
+    assert "Analysis of its weaknesses: It confuses faint praise." in g and "Write 3 new hard examples" in g
+    plain = evokd.generation_prompt(task, None, [], 3, None)[0]["content"]
+    assert "Analysis" not in plain and "Write 3 new examples" in plain
+
+
+def test_parse_accepts_json_lines_and_counts_bad_labels():
+    task = evokd.ClassificationTask(SPEC, StudentConfig())
+    rep = task.parse(['{"text": "I hated every minute of it.", "label": "negative"}\n'
+                      '{"text": "Best film of the year, easily.", "label": "Positive"}\n'
+                      '{"text": "Some text here at least.", "label": "neutral"}'])
+    assert [r["label"] for r in rep.kept] == ["negative", "positive"] and rep.counts["unknown_label"] == 1
+
+
+def test_checkpoint_round_trip_and_mismatch(tmp_path):
+    cfg = evokd.EvoKDConfig()
+    state = evokd.EvoKDState(pool=[{**s, "origin": "seed"} for s in SEEDS], analyses=["a"], history=[{"round": 0}],
+                             tokens=12, round=1)
+    evokd._save(tmp_path, state, cfg)
+    assert evokd._load(tmp_path, cfg, state.pool[:4]) == state
+    with pytest.raises(ValueError, match="another configuration"):
+        evokd._load(tmp_path, evokd.EvoKDConfig(analysis=False), state.pool[:4])
+    assert evokd._load(tmp_path / "none", cfg, state.pool) is None
+
+
+RUN = textwrap.dedent("""
+    import sys, json, torch
+    torch.set_num_threads(1)
+    from kdlib import evokd, synth
+    from kdlib.student import StudentConfig
+    from kdlib.teacher import make_teacher
+    spec = synth.TaskSpec("a one-sentence movie review", {"negative": "is negative", "positive": "is positive"})
+    seeds = json.loads(sys.argv[3])
+    teacher = make_teacher(batch_size=4, cache_path=sys.argv[2], progress=False)
+    task = evokd.ClassificationTask(spec, StudentConfig(epochs=1, min_steps=2, max_steps=2))
+    cfg = evokd.EvoKDConfig(rounds=2, per_round=4, samples_per_request=1, analysis_max_new_tokens=24,
+                            generate_max_new_tokens=64, seed=1)
+    student, state = evokd.run(teacher, task, seeds, cfg, checkpoint_dir=sys.argv[1], progress=False)
+    print(json.dumps({"pool": state.pool, "tokens": state.tokens, "spent": teacher.tokens_spent()}))
+""")
+
+
+def _run(folder, cache, wait_for=None):
+    args = [sys.executable, "-c", RUN, str(folder), str(cache), json.dumps(SEEDS)]
+    if wait_for is None:
+        out = subprocess.run(args, capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 600
+    while not (folder / wait_for).exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before the checkpoint appeared"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return None
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_pool_without_repeating_teacher_calls(tmp_path):
+    whole = _run(tmp_path / "a", tmp_path / "a.sqlite")
+    _run(tmp_path / "b", tmp_path / "b.sqlite", wait_for="round_001.json")  # killed after round 1
+    saved = json.loads((tmp_path / "b" / "round_001.json").read_text())
+    resumed = _run(tmp_path / "b", tmp_path / "b.sqlite")
+    assert resumed["pool"] == whole["pool"] and resumed["tokens"] == whole["tokens"]
+    assert resumed["pool"][:len(saved["pool"])] == saved["pool"], "round 1 was not redone"
+    # the resumed process only paid for what round 1 had not: its spend is below the whole run's
+    assert resumed["spent"] < whole["spent"]
+    # and the two caches hold the same calls: nothing was asked twice
+    import sqlite3
+
+    count = [sqlite3.connect(tmp_path / f"{x}.sqlite").execute("select count(*) from entries").fetchone()[0] for x in "ab"]
+    assert count[0] == count[1] > 0
