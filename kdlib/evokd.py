@@ -163,6 +163,27 @@ def generation_prompt(task, analysis: str | None, wrong: Sequence[tuple[dict, st
     return [{"role": "user", "content": "\n".join(lines)}]
 
 
+# ----------------------------------------------------------------------------- methods compared in the notebooks
+
+def preset(method: str, base: EvoKDConfig | None = None) -> EvoKDConfig:
+    """The configuration of a named method (the paper's ablations and the static baseline) on top of `base`."""
+    from dataclasses import replace
+
+    base = base or EvoKDConfig()
+    changes = {
+        "EvoKD": {},
+        "EvoKD w/o analysis": {"analysis": False},
+        "EvoKD w/o stances": {"stances": ()},
+        "EvoKD + valuation": {"valuation": "knn_shapley"},
+        "EvoKD + value feedback": {"feedback": "value"},
+        # the same requests, rounds and budget with no feedback at all: static generation
+        "static generation": {"analysis": False, "feedback_wrong": 0, "feedback_correct": 0, "stances": ()},
+    }
+    if method not in changes:
+        raise ValueError(f"unknown EvoKD method {method!r}; known: {sorted(changes)}")
+    return replace(base, **changes[method])
+
+
 # ----------------------------------------------------------------------------- the loop
 
 @dataclass
@@ -214,22 +235,31 @@ def _new_samples(teacher, task, cfg: EvoKDConfig, state: EvoKDState, right, wron
     return analysis, kept, report, tokens, prompts
 
 
-def _save(folder: Path, state: EvoKDState, cfg: EvoKDConfig) -> None:
+def run_identity(cfg: EvoKDConfig, teacher, task) -> str:
+    """What a checkpoint must match to be resumed: the configuration (less its stopping rule), the
+    teacher (backend, model, revision) and the student's settings."""
+    student = getattr(task, "config", None)
+    # a run may resume on another device: the device is no part of its identity
+    settings = {k: v for k, v in asdict(student).items() if k != "device"} if student is not None else None
+    payload = {"config": cfg.fingerprint(), "teacher": teacher.identity(), "student": settings}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _save(folder: Path, state: EvoKDState, cfg: EvoKDConfig, identity: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"round_{state.round:03d}.json"
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"config": asdict(cfg), "fingerprint": cfg.fingerprint(), **asdict(state)},
-                              ensure_ascii=False))
+    tmp.write_text(json.dumps({"config": asdict(cfg), "identity": identity, **asdict(state)}, ensure_ascii=False))
     os.replace(tmp, path)  # a kill leaves the previous round's file, never half a file
 
 
-def _load(folder: Path, cfg: EvoKDConfig, seeds: list[dict]) -> EvoKDState | None:
+def _load(folder: Path, identity: str, seeds: list[dict]) -> EvoKDState | None:
     files = sorted(folder.glob("round_*.json")) if folder.is_dir() else []
     if not files:
         return None
     saved = json.loads(files[-1].read_text())
-    if saved["fingerprint"] != cfg.fingerprint() or saved["pool"][:len(seeds)] != seeds:
-        raise ValueError(f"{folder} holds an EvoKD run with another configuration or seed set: "
+    if saved.get("identity") != identity or saved["pool"][:len(seeds)] != seeds:
+        raise ValueError(f"{folder} holds an EvoKD run with another configuration, teacher, student or seed set: "
                          "use a new checkpoint folder (or delete this one) to start over")
     return EvoKDState(**{k: saved[k] for k in ("pool", "analyses", "history", "examples", "tokens", "round")})
 
@@ -242,13 +272,14 @@ def run(teacher, task, seeds: Sequence[dict], cfg: EvoKDConfig | None = None, *,
     if not seed_rows:
         raise ValueError("EvoKD needs a non-empty seed set")
     folder = Path(checkpoint_dir) if checkpoint_dir else None
-    state = (_load(folder, cfg, seed_rows) if folder else None) or EvoKDState(pool=seed_rows)
+    identity = run_identity(cfg, teacher, task)
+    state = (_load(folder, identity, seed_rows) if folder else None) or EvoKDState(pool=seed_rows)
     t = teacher  # its ledger shows what this process really computed; state.tokens is the run's full bill
     student = task.train([{"text": r["text"], "label": r["label"]} for r in state.pool], cfg.seed)
     if not state.history:
         state.history.append(_history_row(task, student, state, evaluate_on, added=0, pool_accuracy=None, report=None))
         if folder:
-            _save(folder, state, cfg)
+            _save(folder, state, cfg, identity)
     rounds = range(state.round + 1, cfg.rounds + 1)
     if progress:
         from kdlib.progress import track
@@ -286,7 +317,7 @@ def run(teacher, task, seeds: Sequence[dict], cfg: EvoKDConfig | None = None, *,
         state.examples.append({"round": r, "analysis": analysis, "prompt": prompts[0][0]["content"],
                                "samples": new[:6], "rejected": report.rejected[:6]})
         if folder:
-            _save(folder, state, cfg)
+            _save(folder, state, cfg, identity)
     return student, state
 
 

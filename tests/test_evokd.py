@@ -32,6 +32,14 @@ def test_config_is_validated_and_fingerprint_ignores_the_stopping_rule():
     assert base.fingerprint() != evokd.EvoKDConfig(analysis=False).fingerprint()
 
 
+def test_presets():
+    assert evokd.preset("EvoKD w/o stances").stances == ()
+    static = evokd.preset("static generation", evokd.EvoKDConfig(rounds=7))
+    assert static.rounds == 7 and not static.analysis and static.feedback_wrong == 0
+    with pytest.raises(ValueError, match="known"):
+        evokd.preset("EvoKD++")
+
+
 def test_prompts_show_mistakes_analysis_and_stance():
     task = evokd.ClassificationTask(SPEC, StudentConfig())
     right = [(SEEDS[2], "positive")]
@@ -53,15 +61,31 @@ def test_parse_accepts_json_lines_and_counts_bad_labels():
     assert [r["label"] for r in rep.kept] == ["negative", "positive"] and rep.counts["unknown_label"] == 1
 
 
+class Named:
+    def __init__(self, model):
+        self.model = model
+
+    def identity(self):
+        return {"backend": "local", "model": self.model, "revision": ""}
+
+
 def test_checkpoint_round_trip_and_mismatch(tmp_path):
     cfg = evokd.EvoKDConfig()
+    task = evokd.ClassificationTask(SPEC, StudentConfig())
+    ident = evokd.run_identity(cfg, Named("a"), task)
     state = evokd.EvoKDState(pool=[{**s, "origin": "seed"} for s in SEEDS], analyses=["a"], history=[{"round": 0}],
                              tokens=12, round=1)
-    evokd._save(tmp_path, state, cfg)
-    assert evokd._load(tmp_path, cfg, state.pool[:4]) == state
-    with pytest.raises(ValueError, match="another configuration"):
-        evokd._load(tmp_path, evokd.EvoKDConfig(analysis=False), state.pool[:4])
-    assert evokd._load(tmp_path / "none", cfg, state.pool) is None
+    evokd._save(tmp_path, state, cfg, ident)
+    assert evokd._load(tmp_path, ident, state.pool[:4]) == state
+    assert ident == evokd.run_identity(cfg, Named("a"), evokd.ClassificationTask(SPEC, StudentConfig(device="cuda")))
+    for other in (evokd.run_identity(evokd.EvoKDConfig(analysis=False), Named("a"), task),
+                  evokd.run_identity(cfg, Named("b"), task),
+                  evokd.run_identity(cfg, Named("a"), evokd.ClassificationTask(SPEC, StudentConfig(lr=1e-4)))):
+        with pytest.raises(ValueError, match="another configuration, teacher"):
+            evokd._load(tmp_path, other, state.pool[:4])
+    with pytest.raises(ValueError, match="seed set"):
+        evokd._load(tmp_path, ident, state.pool[1:3])
+    assert evokd._load(tmp_path / "none", ident, state.pool) is None
 
 
 RUN = textwrap.dedent("""
