@@ -152,3 +152,23 @@ def embedding_dispersion(embeddings) -> float:
 def _check_same_length(a: Sequence, b: Sequence) -> None:
     if len(a) != len(b):
         raise ValueError(f"{len(a)} true values but {len(b)} predictions")
+
+
+def paired_verdict(deltas: Iterable[float], margin: float = 0.01) -> str:
+    """How method A compares with B from per-seed differences A - B (same seeds, same data draws).
+
+    "beats" only when A is ahead by more than `margin` on average *and* in every seed, "is below"
+    in the mirror case, otherwise "is within noise of": a mean gap that some seed contradicts is
+    not a result.
+    """
+    import numpy as np
+
+    d = np.asarray(list(deltas), dtype=np.float64)
+    d = d[~np.isnan(d)]
+    if d.size == 0:
+        raise ValueError("paired_verdict needs at least one difference")
+    if d.mean() > margin and (d > 0).all():
+        return "beats"
+    if d.mean() < -margin and (d < 0).all():
+        return "is below"
+    return "is within noise of"

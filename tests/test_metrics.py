@@ -110,3 +110,14 @@ def test_embedding_dispersion_by_hand_and_against_sklearn():
     assert metrics.embedding_dispersion(x) == pytest.approx(expected, rel=1e-10)
     with pytest.raises(ValueError):
         metrics.embedding_dispersion([[1.0, 2.0]])
+
+
+def test_paired_verdict_needs_every_seed():
+    from kdlib.metrics import paired_verdict
+
+    assert paired_verdict([0.05, 0.02, 0.03]) == "beats"
+    assert paired_verdict([0.08, 0.05, -0.01]) == "is within noise of", "one seed contradicts the mean"
+    assert paired_verdict([-0.05, -0.02]) == "is below"
+    assert paired_verdict([0.005]) == "is within noise of"
+    with pytest.raises(ValueError):
+        paired_verdict([])

@@ -90,6 +90,14 @@ EXPECTED = {
         "selfinstruct_kept_pairs": (1, 8),
         "selfinstruct_tokens": (50, 10**6),
     },
+    "05_evokd_classification": {
+        "full_data_macro_f1/sst2": (0.55, 1.0),
+        **{f"macro_f1/sst2/1shot/{m}": (0.0, 1.0) for m in (
+            "seed_only", "static_generation", "auggpt_paraphrase", "evokd", "evokd_w_o_analysis", "evokd_w_o_stances",
+            "evokd_valuation")},
+        "tokens/sst2/1shot/evokd": (20, 10**6),
+        "runs": (6, 6),
+    },
 }
 
 
