@@ -38,6 +38,7 @@ import numpy as np
 
 from kdlib.dedup import dedup
 from kdlib.parse import ParseReport, parse_classification
+from kdlib.parse_ner import parse_ner, to_markup
 from kdlib.synth import TaskSpec, split_inline_list
 from kdlib.valuation import knn_shapley, top_fraction
 
@@ -90,11 +91,20 @@ class EvoKDConfig:
 # ----------------------------------------------------------------------------- the task: classification
 
 class ClassificationTask:
-    """Prompts, parsing, training and prediction for text classification."""
+    """Prompts, parsing, training and prediction for text classification. Rows are {"text", "label"}."""
+
+    fields = ("text", "label")
 
     def __init__(self, spec: TaskSpec, student_config, test_texts: Sequence[str] = ()):
         self.spec, self.config, self.test_texts = spec, student_config, list(test_texts)
         self.labels = spec.label_names
+
+    def correct(self, row: dict, pred) -> bool:
+        return pred == row["label"]
+
+    def label_of(self, row: dict):
+        """The label data valuation compares (KNN-Shapley's same-label test)."""
+        return row["label"]
 
     def describe(self) -> str:
         lines = [f"A small model is learning to classify {self.spec.text_kind} into one of these labels:"]
@@ -129,12 +139,71 @@ class ClassificationTask:
     def evaluate(self, student, dataset) -> dict:
         return student.evaluate(dataset)
 
-    def relabel(self, teacher, rows: Sequence[dict], shots: Sequence[dict]) -> list[str | None]:
+    def relabel(self, teacher, rows: Sequence[dict], shots: Sequence[dict]) -> list[bool]:
+        """Whether a separate few-shot labelling query agrees with each row's label."""
         from kdlib.labeling import annotate_generate
 
         demos = [(r["text"], r["label"]) for r in shots]
-        return annotate_generate(teacher, [r["text"] for r in rows], self.labels, demos,
-                                 task=f"the {self.spec.text_kind}", method="relabel").labels
+        labels = annotate_generate(teacher, [r["text"] for r in rows], self.labels, demos,
+                                   task=f"the {self.spec.text_kind}", method="relabel").labels
+        return [lab == r["label"] for lab, r in zip(labels, rows)]
+
+
+class NERTask:
+    """The same loop for named-entity recognition. Rows are {"tokens", "tags"} (BIO); the teacher
+    sees and writes sentences with inline ``[entity text](TYPE)`` markup, read by `parse_ner`."""
+
+    fields = ("tokens", "tags")
+
+    def __init__(self, entity_types: dict[str, str], student_config, text_kind: str = "a sentence from a news article",
+                 test_sentences: Sequence[Sequence[str]] = ()):
+        if not entity_types:
+            raise ValueError("NERTask needs at least one entity type")
+        self.types, self.config, self.text_kind = dict(entity_types), student_config, text_kind
+        self.tag_names = ["O"] + [f"{p}-{t}" for t in self.types for p in ("B", "I")]
+        self.test_texts = [" ".join(s) for s in test_sentences]
+
+    def describe(self) -> str:
+        lines = [f"A small model is learning to find named entities in {self.text_kind}. The entity types are:"]
+        lines += [f"- {t}: {d}" for t, d in self.types.items()]
+        return "\n".join(lines)
+
+    def show(self, row: dict, pred=None) -> str:
+        text = to_markup(row["tokens"], row["tags"])
+        if pred is None or pred == row["tags"]:
+            return text
+        return f"{text}   (the model marked: {to_markup(row['tokens'], pred)})"
+
+    def output_format(self, n: int, stance: str | None) -> str:
+        kind = STANCES[stance] if stance else "examples"
+        return (f"Write {n} new sentences as {kind}. Mark every entity as [entity text](TYPE), for example "
+                "[Angela Merkel](PER) visited [Paris](LOC). One sentence per line, nothing else.")
+
+    def parse(self, outputs: Sequence[str]) -> ParseReport:
+        return parse_ner([split_inline_list(o) for o in outputs], list(self.types), min_tokens=3)
+
+    def correct(self, row: dict, pred) -> bool:
+        return list(pred) == list(row["tags"])
+
+    def label_of(self, row: dict):
+        raise ValueError("data valuation (KNN-Shapley) needs one label per example: not available for NER")
+
+    def train(self, rows: Sequence[dict], seed: int):
+        from kdlib.student import train_tagger
+
+        return train_tagger(list(rows), None, self.config.replace(seed=seed), label_names=self.tag_names)
+
+    def predict(self, student, rows: Sequence[dict]) -> list[list[str]]:
+        return student.predict([r["tokens"] for r in rows]) if rows else []
+
+    def embed(self, student, rows: Sequence[dict]):
+        raise ValueError("data valuation (KNN-Shapley) is implemented for classification only")
+
+    def evaluate(self, student, dataset) -> dict:
+        return student.evaluate(dataset)
+
+    def relabel(self, teacher, rows: Sequence[dict], shots: Sequence[dict]) -> list[bool]:
+        raise ValueError("relabel is implemented for classification only")
 
 
 # ----------------------------------------------------------------------------- prompts
@@ -198,18 +267,23 @@ class EvoKDState:
 
 def _feedback(task, cfg: EvoKDConfig, student, pool: list[dict], rng: random.Random, seeds: list[dict]):
     preds = task.predict(student, pool)
-    right = [(r, p) for r, p in zip(pool, preds) if p == r["label"]]
-    wrong = [(r, p) for r, p in zip(pool, preds) if p != r["label"]]
+    right = [(r, p) for r, p in zip(pool, preds) if task.correct(r, p)]
+    wrong = [(r, p) for r, p in zip(pool, preds) if not task.correct(r, p)]
     if cfg.feedback == "value" and len(pool) > 1:
-        values = knn_shapley(task.embed(student, pool), [r["label"] for r in pool],
-                             task.embed(student, seeds), [r["label"] for r in seeds], cfg.knn_k)
+        values = _values(task, student, pool, seeds, cfg.knn_k)
         value = {id(r): v for r, v in zip(pool, values)}
         wrong = sorted(wrong, key=lambda rp: value[id(rp[0])])[:cfg.feedback_wrong]
         right = sorted(right, key=lambda rp: -value[id(rp[0])])[:cfg.feedback_correct]
     else:
         wrong = rng.sample(wrong, min(cfg.feedback_wrong, len(wrong)))
         right = rng.sample(right, min(cfg.feedback_correct, len(right)))
-    return right, wrong, float(np.mean([p == r["label"] for r, p in zip(pool, preds)])) if pool else 0.0
+    return right, wrong, float(np.mean([task.correct(r, p) for r, p in zip(pool, preds)])) if pool else 0.0
+
+
+def _values(task, student, rows: list[dict], seeds: list[dict], k: int):
+    """KNN-Shapley value of each row, the gold seeds being the validation set (the only labels we trust)."""
+    return knn_shapley(task.embed(student, rows), [task.label_of(r) for r in rows],
+                       task.embed(student, seeds), [task.label_of(r) for r in seeds], k)
 
 
 def _new_samples(teacher, task, cfg: EvoKDConfig, state: EvoKDState, right, wrong, seed: int):
@@ -229,10 +303,14 @@ def _new_samples(teacher, task, cfg: EvoKDConfig, state: EvoKDState, right, wron
         part = task.parse([c.text for c in outs[k * cfg.samples_per_request:(k + 1) * cfg.samples_per_request]])
         part.kept = [{**r, "stance": stance or "plain"} for r in part.kept]
         report = report.merge(part)
-    kept, dups = dedup(report.kept, near_threshold=0.9, against=state.pool, against_reason="copy_of_pool")
-    kept, leaks = dedup(kept, near_threshold=None, against=[{"text": t} for t in task.test_texts])
+    kept, dups = dedup(report.kept, near_threshold=0.9, key=_text, against=state.pool, against_reason="copy_of_pool")
+    kept, leaks = dedup(kept, near_threshold=None, key=_text, against=[{"text": t} for t in task.test_texts])
     report = report.then(dups).then(leaks)
     return analysis, kept, report, tokens, prompts
+
+
+def _text(row: dict) -> str:
+    return row["text"] if "text" in row else " ".join(row["tokens"])
 
 
 def run_identity(cfg: EvoKDConfig, teacher, task) -> str:
@@ -268,14 +346,14 @@ def run(teacher, task, seeds: Sequence[dict], cfg: EvoKDConfig | None = None, *,
         checkpoint_dir: str | Path | None = None, progress: bool = True):
     """Run (or resume) EvoKD; returns (final student, state). `seeds` are the k-shot gold rows."""
     cfg = cfg or EvoKDConfig()
-    seed_rows = [{"text": r["text"], "label": r["label"], "origin": "seed"} for r in seeds]
+    seed_rows = [{**{f: r[f] for f in task.fields}, "origin": "seed"} for r in seeds]
     if not seed_rows:
         raise ValueError("EvoKD needs a non-empty seed set")
     folder = Path(checkpoint_dir) if checkpoint_dir else None
     identity = run_identity(cfg, teacher, task)
     state = (_load(folder, identity, seed_rows) if folder else None) or EvoKDState(pool=seed_rows)
     t = teacher  # its ledger shows what this process really computed; state.tokens is the run's full bill
-    student = task.train([{"text": r["text"], "label": r["label"]} for r in state.pool], cfg.seed)
+    student = task.train(_examples(task, state.pool), cfg.seed)
     if not state.history:
         state.history.append(_history_row(task, student, state, evaluate_on, added=0, pool_accuracy=None, report=None))
         if folder:
@@ -292,33 +370,35 @@ def run(teacher, task, seeds: Sequence[dict], cfg: EvoKDConfig | None = None, *,
         right, wrong, pool_acc = _feedback(task, cfg, student, state.pool, rng, seed_rows)
         analysis, new, report, tokens, prompts = _new_samples(t, task, cfg, state, right, wrong, seed=cfg.seed * 1000 + r)
         if cfg.relabel and new:
-            labels = task.relabel(t, new, seed_rows)
-            agreed = [x for x, lab in zip(new, labels) if lab == x["label"]]
-            for x in new:
-                if x not in agreed:
-                    report.reject(x["text"], "label_disagreement")
-            new = agreed
+            agrees = task.relabel(t, new, seed_rows)
+            for x, ok in zip(new, agrees):
+                if not ok:
+                    report.reject(_text(x), "label_disagreement")
+            new = [x for x, ok in zip(new, agrees) if ok]
         if cfg.valuation == "knn_shapley" and new:
-            candidate_pool = state.pool + new
-            values = knn_shapley(task.embed(student, candidate_pool), [x["label"] for x in candidate_pool],
-                                 task.embed(student, seed_rows), [x["label"] for x in seed_rows], cfg.knn_k)
+            values = _values(task, student, state.pool + new, seed_rows, cfg.knn_k)
             keep = set(top_fraction(values[len(state.pool):], cfg.keep_fraction).tolist())
             for i, x in enumerate(new):
                 if i not in keep:
-                    report.reject(x["text"], "low_value")
+                    report.reject(_text(x), "low_value")
             new = [x for i, x in enumerate(new) if i in keep]
         state.round = r
         state.tokens += tokens
         if analysis:
             state.analyses.append(analysis)
         state.pool += [{**x, "origin": f"round {r}"} for x in new]
-        student = task.train([{"text": x["text"], "label": x["label"]} for x in state.pool], cfg.seed)
+        student = task.train(_examples(task, state.pool), cfg.seed)
         state.history.append(_history_row(task, student, state, evaluate_on, len(new), pool_acc, report))
         state.examples.append({"round": r, "analysis": analysis, "prompt": prompts[0][0]["content"],
                                "samples": new[:6], "rejected": report.rejected[:6]})
         if folder:
             _save(folder, state, cfg, identity)
     return student, state
+
+
+def _examples(task, rows: list[dict]) -> list[dict]:
+    """Rows as the student trainer takes them: the task's fields only (no origin or stance)."""
+    return [{f: r[f] for f in task.fields} for r in rows]
 
 
 def _history_row(task, student, state: EvoKDState, evaluate_on, added: int, pool_accuracy, report) -> dict:

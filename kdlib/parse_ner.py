@@ -373,6 +373,25 @@ def _ner_one(raw, cfg: _NerCfg, report: ParseReport) -> None:
         report.reject(raw, "bad_json")
 
 
+def to_markup(tokens: list[str], tags: list[str]) -> str:
+    """A BIO-tagged sentence as inline ``[entity text](TYPE)`` markup, the format `parse_ner` reads back.
+
+    >>> to_markup(["Peter", "Blackburn", "flew", "to", "Paris"], ["B-PER", "I-PER", "O", "O", "B-LOC"])
+    '[Peter Blackburn](PER) flew to [Paris](LOC)'
+    """
+    out, i = [], 0
+    while i < len(tokens):
+        j = i + 1
+        if tags[i] == "O":
+            out.append(tokens[i])
+        else:
+            while j < len(tokens) and tags[j] == "I-" + tags[i][2:]:
+                j += 1
+            out.append(f"[{' '.join(tokens[i:j])}]({tags[i][2:]})")
+        i = j
+    return " ".join(out)
+
+
 def parse_ner(texts: Iterable, entity_types: list[str], *, tokenizer: Callable | None = None,
               synonyms: dict | None = None, strict: bool = False, min_tokens: int = 1,
               max_tokens: int = 256, max_raw_chars: int = MAX_RAW_CHARS) -> ParseReport:

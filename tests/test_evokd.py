@@ -136,3 +136,48 @@ def test_killed_run_resumes_to_the_same_pool_without_repeating_teacher_calls(tmp
 
     count = [sqlite3.connect(tmp_path / f"{x}.sqlite").execute("select count(*) from entries").fetchone()[0] for x in "ab"]
     assert count[0] == count[1] > 0
+
+
+TYPES = {"PER": "a person", "LOC": "a location", "ORG": "an organisation", "MISC": "anything else named"}
+
+
+def test_ner_task_shows_markup_and_parses_it_back():
+    task = evokd.NERTask(TYPES, StudentConfig())
+    row = {"tokens": ["Angela", "Merkel", "visited", "Paris", "."], "tags": ["B-PER", "I-PER", "O", "B-LOC", "O"]}
+    assert task.show(row) == "[Angela Merkel](PER) visited [Paris](LOC) ."
+    wrong = ["B-PER", "I-PER", "O", "B-ORG", "O"]
+    assert "(the model marked: [Angela Merkel](PER) visited [Paris](ORG) .)" in task.show(row, wrong)
+    assert task.correct(row, row["tags"]) and not task.correct(row, wrong)
+    rep = task.parse(["1. [Angela Merkel](PER) visited [Paris](LOC) . 2. [Acme Corp](ORG) hired [Bob](PER) today"])
+    assert rep.kept[0] == row and rep.kept[1]["tags"][:2] == ["B-ORG", "I-ORG"]
+    assert "- LOC: a location" in task.describe() and "[entity text](TYPE)" in task.output_format(3, "hard")
+    with pytest.raises(ValueError, match="classification only"):
+        task.embed(None, [row])
+
+
+@pytest.mark.slow
+def test_ner_round_runs_on_conll(mirror, tmp_path):
+    import torch
+
+    from kdlib import data
+    from kdlib.teacher import make_teacher
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        dd = data.load("conll2003")
+        names = data.label_names(dd)
+        shots = data.k_shot(dd["train"], 1, seed=0)
+        seeds = [{"tokens": t, "tags": [names[i] for i in tags]} for t, tags in zip(shots["tokens"], shots["tags"])]
+        task = evokd.NERTask(TYPES, StudentConfig(epochs=1, min_steps=2, max_steps=2))
+        teacher = make_teacher(batch_size=4, cache_path=tmp_path / "c.sqlite", progress=False)
+        cfg = evokd.EvoKDConfig(rounds=1, per_round=4, samples_per_request=1, analysis_max_new_tokens=32,
+                                generate_max_new_tokens=96)
+        student, state = evokd.run(teacher, task, seeds, cfg, evaluate_on=dd["test"].select(range(20)),
+                                   checkpoint_dir=tmp_path / "ckpt", progress=False)
+        assert [h["round"] for h in state.history] == [0, 1] and "test_entity_f1" in state.history[1]
+        assert state.pool[:len(seeds)] == [{**s, "origin": "seed"} for s in seeds]
+        assert all(len(r["tokens"]) == len(r["tags"]) for r in state.pool) and state.tokens > 0
+        assert (tmp_path / "ckpt" / "round_001.json").is_file()
+    finally:
+        torch.set_num_threads(threads)

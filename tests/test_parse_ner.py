@@ -7,7 +7,7 @@ import re
 import pytest
 
 from kdlib import parse_ner as parse_ner_module
-from kdlib.parse_ner import parse_ner, simple_tokenize, spacy_tokenizer
+from kdlib.parse_ner import parse_ner, simple_tokenize, spacy_tokenizer, to_markup
 
 CONLL = ["PER", "LOC", "ORG", "MISC"]
 
@@ -176,20 +176,7 @@ def test_ner_markup_round_trips_conll(mirror):
     rows = [r for r in rows if set(r["tags"]) != {"O"} and not re.fullmatch(r"[-*]+|\(?\d+[.)]", r["tokens"][0])]
     rows = rows[:1000]
 
-    def markup(row):
-        out, i, toks, tags = [], 0, row["tokens"], row["tags"]
-        while i < len(toks):
-            j = i + 1
-            if tags[i] == "O":
-                out.append(toks[i])
-            else:
-                while j < len(toks) and tags[j] == "I-" + tags[i][2:]:
-                    j += 1
-                out.append(f"[{' '.join(toks[i:j])}]({tags[i][2:]})")
-            i = j
-        return " ".join(out)
-
-    same = sum(parse_ner([markup(r)], CONLL).kept == [r] for r in rows)
+    same = sum(parse_ner([to_markup(r["tokens"], r["tags"])], CONLL).kept == [r] for r in rows)
     assert same / len(rows) >= 0.97, same / len(rows)
 
 
