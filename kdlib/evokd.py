@@ -149,6 +149,18 @@ class ClassificationTask:
         return [lab == r["label"] for lab, r in zip(labels, rows)]
 
 
+# What CoNLL-style entity types mean, for prompts; other types are described by their name.
+ENTITY_DESCRIPTIONS = {"PER": "a person's name", "LOC": "a location (country, city, region, landmark)",
+                       "ORG": "an organisation (company, team, institution, party)",
+                       "MISC": "another named entity (nationality, event, language, title of a work)"}
+
+
+def entity_types(tag_names: Sequence[str]) -> dict[str, str]:
+    """Entity type -> description, from BIO tag names (B-PER, I-PER, O, ...), in order of appearance."""
+    types = dict.fromkeys(t[2:] for t in tag_names if t[:2] in ("B-", "I-"))
+    return {t: ENTITY_DESCRIPTIONS.get(t, f"an entity of type {t}") for t in types}
+
+
 class NERTask:
     """The same loop for named-entity recognition. Rows are {"tokens", "tags"} (BIO); the teacher
     sees and writes sentences with inline ``[entity text](TYPE)`` markup, read by `parse_ner`."""

@@ -157,9 +157,9 @@ def _check_same_length(a: Sequence, b: Sequence) -> None:
 def paired_verdict(deltas: Iterable[float], margin: float = 0.01) -> str:
     """How method A compares with B from per-seed differences A - B (same seeds, same data draws).
 
-    "beats" only when A is ahead by more than `margin` on average *and* in every seed, "is below"
-    in the mirror case, otherwise "is within noise of": a mean gap that some seed contradicts is
-    not a result.
+    "beats" only when A is ahead by more than `margin` on average *and* in every seed (at least
+    two), "is below" in the mirror case, otherwise "is within noise of": a mean gap that some seed
+    contradicts is not a result, and one seed is no evidence ("cannot be compared, on one seed, with").
     """
     import numpy as np
 
@@ -167,6 +167,8 @@ def paired_verdict(deltas: Iterable[float], margin: float = 0.01) -> str:
     d = d[~np.isnan(d)]
     if d.size == 0:
         raise ValueError("paired_verdict needs at least one difference")
+    if d.size == 1:
+        return "cannot be compared, on one seed, with"
     if d.mean() > margin and (d > 0).all():
         return "beats"
     if d.mean() < -margin and (d < 0).all():

@@ -181,3 +181,8 @@ def test_ner_round_runs_on_conll(mirror, tmp_path):
         assert (tmp_path / "ckpt" / "round_001.json").is_file()
     finally:
         torch.set_num_threads(threads)
+
+
+def test_entity_types_from_tag_names():
+    assert list(evokd.entity_types(["O", "B-PER", "I-PER", "B-GENE", "I-GENE"])) == ["PER", "GENE"]
+    assert evokd.entity_types(["B-GENE"])["GENE"] == "an entity of type GENE"

@@ -118,6 +118,7 @@ def test_paired_verdict_needs_every_seed():
     assert paired_verdict([0.05, 0.02, 0.03]) == "beats"
     assert paired_verdict([0.08, 0.05, -0.01]) == "is within noise of", "one seed contradicts the mean"
     assert paired_verdict([-0.05, -0.02]) == "is below"
-    assert paired_verdict([0.005]) == "is within noise of"
+    assert paired_verdict([0.005, 0.004]) == "is within noise of"
+    assert paired_verdict([0.5]).startswith("cannot be compared"), "one seed is no evidence"
     with pytest.raises(ValueError):
         paired_verdict([])
