@@ -1,0 +1,160 @@
+"""Distillation of generative LMs, the pieces every trainer shares.
+
+- `check_same_tokenizer`: token-level KD compares the two models' distributions position by
+  position, so teacher and student must share the vocabulary; a mismatch fails at start, naming
+  the first difference, instead of producing a meaningless loss.
+- `truncated_student`: the teacher's first layers (embeddings, head and norm kept) as a student
+  that shares its tokenizer, the offline stand-in for GPT-2-XL -> GPT-2 pairs.
+- `train_word_kd`: word-level KD (teacher-forced on the reference responses) with any loss of
+  `kdlib.losses` (FKL = standard KD, RKL, JSD(beta), skew KLs, TVD), optionally mixed with the
+  cross-entropy on the references. Built on `kdlib.sft`'s data encoding.
+- `seqkd_pairs`: SeqKD (Kim & Rush, 2016) data: the teacher's own greedy answers replace the
+  references; `kdlib.sft.train_sft` then trains on them.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from kdlib.sft import IGNORE_INDEX, SFTConfig, _batch, encode_pairs
+
+
+class TokenizerMismatchError(ValueError):
+    """Teacher and student tokenise differently: token-level distillation would compare unrelated tokens."""
+
+
+def check_same_tokenizer(teacher_tokenizer, student_tokenizer, probe: str = "Distillation needs one vocabulary: ") -> None:
+    """Raise `TokenizerMismatchError` naming the first difference (vocabulary size, special tokens,
+    a token id, or how a probe sentence is split)."""
+    tv, sv = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
+    if len(tv) != len(sv):
+        raise TokenizerMismatchError(f"vocabulary sizes differ: teacher {len(tv)}, student {len(sv)}")
+    for name in ("eos_token", "bos_token", "pad_token", "unk_token"):
+        a, b = getattr(teacher_tokenizer, name, None), getattr(student_tokenizer, name, None)
+        if a != b:
+            raise TokenizerMismatchError(f"{name} differs: teacher {a!r}, student {b!r}")
+    for token, idx in tv.items():
+        if sv.get(token) != idx:
+            raise TokenizerMismatchError(f"token {token!r} has id {idx} for the teacher, {sv.get(token)} for the student")
+    text = probe + "Hello, world! 12345 ümlaut 日本"
+    a, b = teacher_tokenizer(text)["input_ids"], student_tokenizer(text)["input_ids"]
+    if a != b:
+        raise TokenizerMismatchError(f"the two tokenizers split {text!r} differently: {a[:12]}... vs {b[:12]}...")
+
+
+def truncated_student(teacher, n_layers: int):
+    """A deep copy of a decoder-only model keeping its first `n_layers` blocks (Llama/Qwen/Mistral
+    layout: ``model.model.layers``; GPT-2: ``model.transformer.h``)."""
+    student = copy.deepcopy(teacher)
+    body = getattr(student, "model", None) or getattr(student, "transformer", None)
+    layers_attr = "layers" if hasattr(body, "layers") else "h"
+    layers = getattr(body, layers_attr, None)
+    if layers is None:
+        raise ValueError(f"cannot find the decoder blocks of {type(teacher).__name__} to truncate")
+    if not 1 <= n_layers <= len(layers):
+        raise ValueError(f"n_layers must be in [1, {len(layers)}], got {n_layers}")
+    setattr(body, layers_attr, type(layers)(list(layers)[:n_layers]))
+    for name in ("num_hidden_layers", "n_layer"):
+        if hasattr(student.config, name):
+            setattr(student.config, name, n_layers)
+    if hasattr(student.config, "layer_types") and student.config.layer_types is not None:
+        student.config.layer_types = list(student.config.layer_types)[:n_layers]
+    return student
+
+
+@dataclass
+class KDConfig(SFTConfig):
+    loss: str = "fkl"              # a `kdlib.losses` kind
+    temperature: float = 1.0
+    beta: float = 0.5              # jsd
+    alpha: float = 0.1             # skew_fkl / skew_rkl
+    ce_weight: float = 0.0         # weight of the cross-entropy on the references, mixed in
+
+    def __post_init__(self):
+        super().__post_init__()
+        from kdlib.losses import KINDS
+
+        if self.loss not in KINDS:
+            raise ValueError(f"KDConfig.loss must be one of {KINDS}, got {self.loss!r}")
+        if self.temperature <= 0 or not 0 <= self.ce_weight <= 1:
+            raise ValueError("KDConfig: temperature must be > 0 and ce_weight in [0, 1]")
+
+
+@dataclass
+class KDHistory:
+    loss: list[float] = field(default_factory=list)
+    kd: list[float] = field(default_factory=list)
+    steps: int = 0
+    seconds: float = 0.0
+    tokens: int = 0
+
+
+def train_word_kd(student, teacher, tokenizer, pairs: Sequence[dict], config: KDConfig | None = None) -> KDHistory:
+    """Word-level KD on the reference responses: per response token, `config.loss` between teacher and
+    student next-token distributions (+ `ce_weight` x cross-entropy on the reference token)."""
+    import torch
+
+    from kdlib.losses import kd_loss
+
+    config = config or KDConfig()
+    rows = encode_pairs(tokenizer, pairs, config.max_length)
+    if not rows:
+        raise ValueError("no training pair left after encoding (empty data, or prompts longer than max_length)")
+    total = min(config.epochs * math.ceil(len(rows) / config.batch_size), config.max_steps or 10**12)
+    params = [p for p in student.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    warmup = int(config.warmup_ratio * total)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: (s + 1) / max(warmup, 1) if s < warmup else max(0.0, (total - s) / max(total - warmup, 1)))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(student.parameters()).device
+    history, start, step = KDHistory(), time.monotonic(), 0
+    shuffler = torch.Generator().manual_seed(config.seed)
+    teacher.eval()
+    student.train()
+    while step < total:
+        order = torch.randperm(len(rows), generator=shuffler).tolist()
+        for first in range(0, len(order), config.batch_size):
+            if step == total:
+                break
+            ids, labels, mask = _batch([rows[i] for i in order[first:first + config.batch_size]], pad_id, device)
+            # position t predicts token t+1: shift so that logits line up with the response tokens they score
+            target = labels[:, 1:]
+            counted = target != IGNORE_INDEX
+            with torch.no_grad():
+                t_logits = teacher(input_ids=ids, attention_mask=mask).logits[:, :-1]
+            s_logits = student(input_ids=ids, attention_mask=mask).logits[:, :-1]
+            kd = kd_loss(s_logits, t_logits, config.loss, mask=counted, temperature=config.temperature,
+                         beta=config.beta, alpha=config.alpha)
+            loss = kd
+            if config.ce_weight:
+                ce = torch.nn.functional.cross_entropy(s_logits.reshape(-1, s_logits.shape[-1]).float(),
+                                                       target.reshape(-1), ignore_index=IGNORE_INDEX)
+                loss = (1 - config.ce_weight) * kd + config.ce_weight * ce
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"KD loss is {loss.item()} at step {step + 1}: lower lr or check the data")
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            history.loss.append(float(loss.detach()))
+            history.kd.append(float(kd.detach()))
+            history.tokens += int(counted.sum())
+            step += 1
+    student.eval()
+    history.steps, history.seconds = step, time.monotonic() - start
+    return history
+
+
+def seqkd_pairs(teacher, tokenizer, instructions: Sequence[str], max_new_tokens: int = 128,
+                batch_size: int = 16) -> list[dict]:
+    """SeqKD data: the teacher's greedy answer to each instruction, as (instruction, response) pairs."""
+    from kdlib.sft import generate_responses
+
+    answers = generate_responses(teacher, tokenizer, instructions, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    return [{"instruction": x, "response": a} for x, a in zip(instructions, answers) if a.strip()]

@@ -1,0 +1,90 @@
+"""kdlib.distill with tiny randomly initialised Llama models on the real SmolLM2 tokenizer (fast, no weights)."""
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from kdlib import distill  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from kdlib.models import load_tokenizer
+
+    t = load_tokenizer("HuggingFaceTB/SmolLM2-135M-Instruct")
+    if t.pad_token is None:
+        t.pad_token = t.eos_token
+    return t
+
+
+def tiny_llama(tok, layers=4, seed=0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    return LlamaForCausalLM(cfg).eval()
+
+
+PAIRS = [{"instruction": f"Count to {n}.", "response": " ".join(str(i) for i in range(1, n + 1))} for n in range(2, 10)]
+
+
+def test_tokenizer_check(tok):
+    from kdlib.models import load_tokenizer
+
+    distill.check_same_tokenizer(tok, tok)
+    other = load_tokenizer("sentence-transformers/all-MiniLM-L6-v2")
+    with pytest.raises(distill.TokenizerMismatchError, match="vocabulary sizes differ"):
+        distill.check_same_tokenizer(tok, other)
+
+
+def test_truncated_student_keeps_the_first_layers(tok):
+    teacher = tiny_llama(tok, layers=4)
+    student = distill.truncated_student(teacher, 2)
+    assert len(student.model.layers) == 2 and student.config.num_hidden_layers == 2
+    assert len(teacher.model.layers) == 4, "the teacher is untouched"
+    assert torch.equal(student.model.layers[1].mlp.up_proj.weight, teacher.model.layers[1].mlp.up_proj.weight)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    assert student(input_ids=ids).logits.shape == teacher(input_ids=ids).logits.shape
+    for bad in (0, 5):
+        with pytest.raises(ValueError, match="n_layers"):
+            distill.truncated_student(teacher, bad)
+
+
+@pytest.mark.parametrize("loss", ["fkl", "rkl"])
+def test_word_kd_pulls_the_student_towards_the_teacher(tok, loss):
+    from kdlib.losses import kd_loss
+    from kdlib.sft import _batch, encode_pairs
+
+    teacher, student = tiny_llama(tok, seed=1), tiny_llama(tok, layers=2, seed=2)
+    pairs = PAIRS[:4]
+    ids, labels, mask = _batch(encode_pairs(tok, pairs, 64), tok.pad_token_id, "cpu")
+    counted = labels[:, 1:] != -100
+
+    def divergence():
+        with torch.no_grad():
+            return float(kd_loss(student(input_ids=ids, attention_mask=mask).logits[:, :-1],
+                                 teacher(input_ids=ids, attention_mask=mask).logits[:, :-1], loss, mask=counted))
+
+    before = divergence()
+    hist = distill.train_word_kd(student, teacher, tok, pairs,
+                                 distill.KDConfig(loss=loss, epochs=10, batch_size=4, lr=5e-3, warmup_ratio=0.0))
+    assert hist.steps == 10 and hist.tokens > 0
+    assert divergence() < 0.6 * before
+
+
+def test_kd_config_and_nan_guard(tok):
+    with pytest.raises(ValueError, match="loss"):
+        distill.KDConfig(loss="kl")
+    teacher, student = tiny_llama(tok, seed=1), tiny_llama(tok, layers=2, seed=2)
+    with torch.no_grad():
+        teacher.lm_head.weight[0, 0] = float("nan")
+    with pytest.raises(FloatingPointError):
+        distill.train_word_kd(student, teacher, tok, PAIRS[:2], distill.KDConfig(max_steps=1, batch_size=2))
+
+
+def test_seqkd_pairs_are_the_teachers_answers(tok):
+    teacher = tiny_llama(tok, seed=3)
+    pairs = distill.seqkd_pairs(teacher, tok, ["Say hi.", "Count to 3."], max_new_tokens=5)
+    assert [p["instruction"] for p in pairs] <= ["Say hi.", "Count to 3."] and all(p["response"] for p in pairs)
