@@ -138,18 +138,21 @@ def parse_overrides(pairs: list[str]) -> dict[str, str]:
     return out
 
 
-def resolve(specs: dict[str, dict[str, ParamSpec]], profile: dict, overrides: dict[str, object]
-            ) -> dict[str, dict[str, object]]:
+def resolve(specs: dict[str, dict[str, ParamSpec]], profile: dict, overrides: dict[str, object],
+            lab_names: set[str] | None = None) -> dict[str, dict[str, object]]:
     """Per-notebook parameter values: profile-wide, then profile per-notebook, then overrides.
 
-    `specs` maps notebook stem -> its parameters. Profile-wide values and overrides
-    apply to every notebook declaring them and must be declared by at least one of
-    them; per-notebook values must be declared by that notebook.
+    `specs` maps notebook stem -> its parameters. Overrides apply to every notebook
+    declaring them and must be declared by at least one of them; profile-wide values
+    likewise, except that with `lab_names` (every parameter of the whole lab) they need
+    only be declared somewhere in the lab, so that running one notebook (``--only``) that
+    lacks a profile-wide parameter such as ``seed`` is no error. Per-notebook values must
+    be declared by that notebook.
     """
     every = set().union(*(set(s) for s in specs.values())) if specs else set()
     for name in profile.get("parameters") or {}:
-        if name not in every:
-            raise ParameterError(unknown_message(name, every, "profile parameters"))
+        if name not in (every if lab_names is None else lab_names):
+            raise ParameterError(unknown_message(name, every if lab_names is None else lab_names, "profile parameters"))
     for name in overrides:
         if name not in every:
             raise ParameterError(unknown_message(name, every, "command line"))

@@ -88,7 +88,8 @@ def plan(profile_name: str, only: list[str] | None, overrides: dict[str, str],
         profile = {**profile, "notebooks": {k: v for k, v in (profile.get("notebooks") or {}).items()
                                             if k in {p.stem for p in notebooks}}}
     specs = {p.stem: params.notebook_params(p) for p in notebooks}
-    resolved = params.resolve(specs, profile, overrides)
+    lab_names = set().union(*(params.notebook_params(p) for p in discover(None, folder)))
+    resolved = params.resolve(specs, profile, overrides, lab_names)
     return {p: resolved[p.stem] for p in notebooks}
 
 

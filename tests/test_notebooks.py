@@ -103,6 +103,14 @@ EXPECTED = {
         "tokens/conll2003/1shot/evokd": (20, 10**6),
         "runs": (10, 10),  # 6 methods on sst2, the 4 that apply to NER on conll2003
     },
+    "06_mode_seeking_vs_covering": {
+        # two modes at +-2.5: forward KL covers both and fills the valley, reverse KL (started at mu=1) takes one
+        "covered/fkl": (0.9, 1.0), "hallucinated/fkl": (0.1, 1.0),
+        "covered/rkl": (0.3, 0.7), "hallucinated/rkl": (0.0, 0.1),
+        **{f"{m}/{k}": (0.0, 1.0) for m in ("covered", "hallucinated") for k in ("jsd", "skew_fkl", "skew_rkl", "tvd", "sym_kl")},
+        "rkl_starts_ending_on_a_mode": (0.3, 1.0),
+        "wall_s": (0, 600),
+    },
 }
 
 

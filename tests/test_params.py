@@ -22,6 +22,16 @@ def test_profile_then_notebook_then_cli_layers():
     assert out["02_b"] == {"seed": 5}
 
 
+def test_profile_wide_value_declared_elsewhere_in_the_lab_is_no_error():
+    only_b = {"02_b": SPECS["02_b"]}
+    profile = {"parameters": {"lr": 0.5}}
+    with pytest.raises(params.ParameterError, match="profile parameters"):
+        params.resolve(only_b, profile, {})
+    assert "lr" not in params.resolve(only_b, profile, {}, lab_names={"lr", "seed"})["02_b"]
+    with pytest.raises(params.ParameterError, match="profile parameters"):
+        params.resolve(only_b, {"parameters": {"lrr": 0.5}}, {}, lab_names={"lr", "seed"})
+
+
 def test_misspelt_parameter_is_refused_with_a_suggestion():
     with pytest.raises(params.ParameterError, match=r"unknown parameter 'sed' \(command line\)\. Did you mean 'seed'"):
         params.resolve(SPECS, {}, {"sed": "1"})
