@@ -8,6 +8,10 @@
 - `train_word_kd`: word-level KD (teacher-forced on the reference responses) with any loss of
   `kdlib.losses` (FKL = standard KD, RKL, JSD(beta), skew KLs, TVD), optionally mixed with the
   cross-entropy on the references. Built on `kdlib.sft`'s data encoding.
+- on-policy / mixed distillation (GKD, Agarwal et al., 2024): with ``KDConfig.on_policy = lambda``,
+  that fraction of batches replaces the references by responses the *student* samples for the same
+  prompts, and the loss is computed on those tokens, so the student learns where it actually goes
+  (no train/inference mismatch, "exposure bias"); lambda=0 is word-level KD, lambda=1 fully on-policy.
 - `seqkd_pairs`: SeqKD (Kim & Rush, 2016) data: the teacher's own greedy answers replace the
   references; `kdlib.sft.train_sft` then trains on them.
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import math
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -73,6 +78,9 @@ class KDConfig(SFTConfig):
     beta: float = 0.5              # jsd
     alpha: float = 0.1             # skew_fkl / skew_rkl
     ce_weight: float = 0.0         # weight of the cross-entropy on the references, mixed in
+    on_policy: float = 0.0         # GKD's lambda: share of batches whose responses the student samples
+    gen_max_new_tokens: int = 64   # length of student samples
+    gen_temperature: float = 1.0   # sampling temperature of student samples
 
     def __post_init__(self):
         super().__post_init__()
@@ -82,6 +90,10 @@ class KDConfig(SFTConfig):
             raise ValueError(f"KDConfig.loss must be one of {KINDS}, got {self.loss!r}")
         if self.temperature <= 0 or not 0 <= self.ce_weight <= 1:
             raise ValueError("KDConfig: temperature must be > 0 and ce_weight in [0, 1]")
+        if not 0 <= self.on_policy <= 1 or self.gen_max_new_tokens < 1 or self.gen_temperature < 0:
+            raise ValueError("KDConfig: on_policy must be in [0, 1], gen_max_new_tokens >= 1, gen_temperature >= 0")
+        if self.on_policy and self.ce_weight:
+            raise ValueError("KDConfig: ce_weight needs reference tokens; student samples have none (on_policy > 0)")
 
 
 @dataclass
@@ -91,11 +103,29 @@ class KDHistory:
     steps: int = 0
     seconds: float = 0.0
     tokens: int = 0
+    on_policy_steps: int = 0
+
+
+def student_samples(student, rows: Sequence[tuple[list[int], list[int]]], config: KDConfig, pad_id: int,
+                    seed: int) -> list[tuple[list[int], list[int]]]:
+    """The rows' prompts with responses sampled from the student instead of the references (GKD)."""
+    from kdlib.fastgen import SamplingParams, generate
+
+    prompts = [ids[:next(i for i, y in enumerate(labels) if y != IGNORE_INDEX)] for ids, labels in rows]
+    was_training = student.training
+    student.eval()
+    outs = generate(student, prompts, SamplingParams(max_new_tokens=config.gen_max_new_tokens,
+                                                      temperature=config.gen_temperature),
+                    seeds=[seed + i for i in range(len(prompts))], batch_size=len(prompts), pad_token_id=pad_id)
+    student.train(was_training)
+    # an empty sample (EOS at once) still teaches the first step: keep its stop token
+    return [(p + o.token_ids, [IGNORE_INDEX] * len(p) + o.token_ids) for p, o in zip(prompts, outs) if o.token_ids]
 
 
 def train_word_kd(student, teacher, tokenizer, pairs: Sequence[dict], config: KDConfig | None = None) -> KDHistory:
     """Word-level KD on the reference responses: per response token, `config.loss` between teacher and
-    student next-token distributions (+ `ce_weight` x cross-entropy on the reference token)."""
+    student next-token distributions (+ `ce_weight` x cross-entropy on the reference token). With
+    ``config.on_policy > 0`` that share of batches is scored on student samples instead (GKD)."""
     import torch
 
     from kdlib.losses import kd_loss
@@ -114,6 +144,7 @@ def train_word_kd(student, teacher, tokenizer, pairs: Sequence[dict], config: KD
     device = next(student.parameters()).device
     history, start, step = KDHistory(), time.monotonic(), 0
     shuffler = torch.Generator().manual_seed(config.seed)
+    coin = random.Random(config.seed)
     teacher.eval()
     student.train()
     while step < total:
@@ -121,7 +152,11 @@ def train_word_kd(student, teacher, tokenizer, pairs: Sequence[dict], config: KD
         for first in range(0, len(order), config.batch_size):
             if step == total:
                 break
-            ids, labels, mask = _batch([rows[i] for i in order[first:first + config.batch_size]], pad_id, device)
+            batch = [rows[i] for i in order[first:first + config.batch_size]]
+            if config.on_policy and coin.random() < config.on_policy:
+                batch = student_samples(student, batch, config, pad_id, seed=config.seed * 100_003 + step)
+                history.on_policy_steps += 1
+            ids, labels, mask = _batch(batch, pad_id, device)
             # position t predicts token t+1: shift so that logits line up with the response tokens they score
             target = labels[:, 1:]
             counted = target != IGNORE_INDEX

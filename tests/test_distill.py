@@ -1,5 +1,7 @@
 """kdlib.distill with tiny randomly initialised Llama models on the real SmolLM2 tokenizer (fast, no weights)."""
 
+import math
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -88,3 +90,21 @@ def test_seqkd_pairs_are_the_teachers_answers(tok):
     teacher = tiny_llama(tok, seed=3)
     pairs = distill.seqkd_pairs(teacher, tok, ["Say hi.", "Count to 3."], max_new_tokens=5)
     assert [p["instruction"] for p in pairs] <= ["Say hi.", "Count to 3."] and all(p["response"] for p in pairs)
+
+
+def test_on_policy_batches_use_student_samples(tok):
+    teacher, student = tiny_llama(tok, seed=1), tiny_llama(tok, layers=2, seed=2)
+    from kdlib.sft import encode_pairs
+
+    rows = encode_pairs(tok, PAIRS[:2], 64)
+    cfg = distill.KDConfig(on_policy=1.0, gen_max_new_tokens=5, epochs=2, batch_size=2, lr=1e-3)
+    sampled = distill.student_samples(student, rows, cfg, tok.pad_token_id, seed=7)
+    assert sampled == distill.student_samples(student, rows, cfg, tok.pad_token_id, seed=7), "seeded"
+    for (ids, labels), (orig, orig_labels) in zip(sampled, rows):
+        n_prompt = orig_labels.index(next(y for y in orig_labels if y != -100))
+        assert ids[:n_prompt] == orig[:n_prompt] and all(y == -100 for y in labels[:n_prompt])
+        assert 1 <= len(ids) - n_prompt <= 5 and labels[n_prompt:] == ids[n_prompt:]
+    hist = distill.train_word_kd(student, teacher, tok, PAIRS[:2], cfg)
+    assert hist.on_policy_steps == 2 and hist.steps == 2 and all(map(math.isfinite, hist.loss))
+    with pytest.raises(ValueError, match="ce_weight"):
+        distill.KDConfig(on_policy=0.5, ce_weight=0.5)
