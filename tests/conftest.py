@@ -25,3 +25,14 @@ def mirror():
     if path is None or not path.is_dir():
         pytest.skip("no dataset mirror (set KDLIB_DATA_DIR or put shared/data beside the checkout)")
     return path
+
+
+@pytest.fixture(scope="session")
+def tok():
+    """The real SmolLM2 tokenizer (offline asset), padding with EOS."""
+    from kdlib.models import load_tokenizer
+
+    t = load_tokenizer("HuggingFaceTB/SmolLM2-135M-Instruct")
+    if t.pad_token is None:
+        t.pad_token = t.eos_token
+    return t
