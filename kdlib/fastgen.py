@@ -53,6 +53,8 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = 0                  # 0 => off
     min_p: float = 0.0              # 0 => off
+    typical_p: float = 1.0          # locally typical sampling (Meister et al. 2023); 1 => off
+    adaptive_temperature: float = 0.0  # entropy exponent a: see `row_temperatures`; 0 => off
     stop_token_ids: tuple[int, ...] = ()   # in addition to the tokenizer's eos
 
     def __post_init__(self):
@@ -61,6 +63,9 @@ class SamplingParams:
         _check_float("top_p", self.top_p, "must be in (0, 1]", lambda v: 0 < v <= 1)
         _check_int("top_k", self.top_k, minimum=0)
         _check_float("min_p", self.min_p, "must be in [0, 1]", lambda v: 0 <= v <= 1)
+        _check_float("typical_p", self.typical_p, "must be in (0, 1]", lambda v: 0 < v <= 1)
+        _check_float("adaptive_temperature", self.adaptive_temperature, "must be in [-4, 4]",
+                     lambda v: -4 <= v <= 4)
         if isinstance(self.stop_token_ids, (str, bytes)) or not hasattr(self.stop_token_ids, "__iter__"):
             raise ValueError(f"stop_token_ids must be a sequence of token ids, got {self.stop_token_ids!r}")
         self.stop_token_ids = tuple(self.stop_token_ids)
@@ -356,8 +361,9 @@ def select_tokens(logits: torch.Tensor, params: SamplingParams, generators: list
 
 
 def sampling_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """Unnormalised probabilities after temperature, top-k, top-p and min-p (HF's order); filtered tokens are 0."""
-    scores = logits.float() / params.temperature
+    """Unnormalised probabilities after temperature, top-k, top-p, min-p and typical-p (HF's order);
+    filtered tokens are 0."""
+    scores = logits.float() / row_temperatures(logits, params)
     if params.top_k and params.top_k < scores.shape[-1]:
         kth = torch.topk(scores, params.top_k, dim=-1).values[:, -1:]
         scores = scores.masked_fill(scores < kth, float("-inf"))
@@ -370,7 +376,45 @@ def sampling_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor
     if params.min_p > 0:
         floor = params.min_p * probs.max(dim=-1, keepdim=True).values
         probs = probs.masked_fill(probs < floor, 0.0)
+    if params.typical_p < 1.0:
+        probs = typical_filter(probs, params.typical_p)
     return probs
+
+
+# Entropy (nats) at which the adaptive temperature equals the base one, and the clamp on H / H_REF: an
+# answer-like next token sits well under 1 nat, free text around 2-4 nats for a small instruct model.
+ADAPTIVE_H_REF = 1.0
+_ADAPTIVE_RATIO = (1 / 16, 4.0)
+
+
+def row_temperatures(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor | float:
+    """Per-row temperature [rows, 1]: T * clamp(H / 1 nat, 1/16, 4) ** a, H the row's entropy at T=1.
+
+    a > 0 sharpens where the model is confident (low entropy) and frees it where it is unsure, like
+    entropy-based dynamic temperature (EDT, Zhang et al. 2024); a < 0 is the reverse: it explores more
+    where the model is confident and commits where it is unsure. a = 0 is plain temperature T.
+    """
+    if params.adaptive_temperature == 0:
+        return params.temperature
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    plogp = torch.where(logp > float("-inf"), logp.exp() * logp, torch.zeros_like(logp))  # masked tokens add 0
+    h = -plogp.sum(-1, keepdim=True)
+    ratio = (h / ADAPTIVE_H_REF).clamp(*_ADAPTIVE_RATIO)
+    return params.temperature * ratio ** params.adaptive_temperature
+
+
+def typical_filter(probs: torch.Tensor, mass: float) -> torch.Tensor:
+    """Keep the tokens whose surprisal is closest to the row's entropy until they hold `mass`."""
+    total = probs.sum(-1, keepdim=True)
+    p = probs / total
+    logp = torch.log(p.clamp_min(1e-30))
+    h = -(p * logp).sum(-1, keepdim=True)
+    distance = (-logp - h).abs().masked_fill(p == 0, float("inf"))
+    order = distance.argsort(dim=-1)
+    sorted_p = p.gather(-1, order)
+    mass_before = sorted_p.cumsum(-1) - sorted_p
+    drop_sorted = mass_before >= mass  # the most typical token is always kept
+    return probs.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), 0.0)
 
 
 # ----------------------------------------------------------------------------- KV buffer
@@ -662,8 +706,12 @@ def _fallback_runner(model, prompts, params, seeds, stop_ids, pad_id, results) -
     kwargs = dict(max_new_tokens=params.max_new_tokens, eos_token_id=sorted(stop_ids) or None,
                   pad_token_id=pad_id, do_sample=not params.greedy)
     if not params.greedy:
+        if params.adaptive_temperature:
+            raise NotImplementedError(
+                f"adaptive_temperature needs kdlib's fast decoding path, which {type(model).__name__} "
+                "does not support (sliding-window or hybrid cache); use a plain temperature")
         kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None,
-                      min_p=params.min_p or None)
+                      min_p=params.min_p or None, typical_p=params.typical_p)
     device = _device_of(model)
 
     def run(batch_size: int) -> None:

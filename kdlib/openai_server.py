@@ -80,6 +80,7 @@ def _gen_params(body: dict, default_max: int) -> GenParams:
         return GenParams(max_new_tokens=body.get("max_tokens") or default_max,
                          temperature=float(body.get("temperature", 1.0)), top_p=float(body.get("top_p", 1.0)),
                          top_k=max(0, int(body.get("top_k", 0))), min_p=float(body.get("min_p", 0.0)),
+                         typical_p=float(body.get("typical_p", 1.0)),
                          stop=(stop,) if isinstance(stop, str) else tuple(stop),
                          stop_token_ids=tuple(body.get("stop_token_ids") or ()))
     except (TypeError, ValueError) as exc:

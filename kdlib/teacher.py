@@ -49,6 +49,10 @@ class GenParams:
     top_p: float = 1.0
     top_k: int = 0                # 0 => off
     min_p: float = 0.0            # 0 => off
+    typical_p: float = 1.0        # locally typical sampling; 1 => off
+    adaptive_temperature: float = 0.0  # entropy exponent (kdlib.fastgen.row_temperatures); 0 => off
+    contrastive: float = 0.0      # contrastive decoding strength beta (kdlib.contrastive); 0 => off
+    contrastive_alpha: float = 0.1  # plausibility: keep tokens with p_expert >= alpha * max p_expert
     stop: tuple[str, ...] = ()    # output is cut before the first occurrence of any of these strings
     stop_token_ids: tuple[int, ...] = ()
 
@@ -64,6 +68,10 @@ class GenParams:
         _check_float("temperature", self.temperature, 0.0, None)
         _check_float("top_p", self.top_p, 0.0, 1.0, open_low=True)
         _check_float("min_p", self.min_p, 0.0, 1.0)
+        _check_float("typical_p", self.typical_p, 0.0, 1.0, open_low=True)
+        _check_float("adaptive_temperature", self.adaptive_temperature, -4.0, 4.0)
+        _check_float("contrastive", self.contrastive, 0.0, None)
+        _check_float("contrastive_alpha", self.contrastive_alpha, 0.0, 1.0)
         if not isinstance(self.stop, tuple) or not all(isinstance(s, str) and s for s in self.stop):
             raise ValueError(f"GenParams.stop must be a string or a list of non-empty strings, got {self.stop!r}")
         if not isinstance(self.stop_token_ids, tuple):
@@ -73,7 +81,19 @@ class GenParams:
 
     @property
     def greedy(self) -> bool:
+        # Contrastive decoding with temperature 0 is greedy on the contrastive scores: still deterministic.
         return self.temperature == 0.0
+
+    def key_fields(self) -> dict:
+        """The fields that enter cache keys. Knobs added after the first release are left out while they
+        sit at their 'off' value, so adding a knob never invalidates the rows already paid for."""
+        out = asdict(self)
+        for name, off in _LATER_KNOBS.items():
+            if out[name] == off:
+                del out[name]
+        if self.contrastive == 0:
+            out.pop("contrastive_alpha", None)
+        return out
 
     @classmethod
     def build(cls, params: GenParams | dict | None = None, **overrides) -> GenParams:
@@ -87,6 +107,9 @@ class GenParams:
                 hint = f"; did you mean {near[0]!r}?" if near else f"; known: {', '.join(known)}"
                 raise TypeError(f"unknown generation parameter {name!r}{hint}")
         return cls(**base)
+
+
+_LATER_KNOBS = {"typical_p": 1.0, "adaptive_temperature": 0.0, "contrastive": 0.0}
 
 
 def _check_int(name: str, value, low: int) -> None:
@@ -186,6 +209,9 @@ class Teacher:
     def _plan(self, requests: list[Request]) -> list[list[Request]]:
         raise NotImplementedError
 
+    def _check_supported(self, params: GenParams) -> None:
+        """Raise a clear error for decoding knobs this backend cannot honour (before any work)."""
+
     def _run_generate(self, batch: list[Request], params: GenParams) -> list[Entry]:
         raise NotImplementedError
 
@@ -201,7 +227,8 @@ class Teacher:
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"seed must be an int, got {seed!r}")
         prompts = check_prompts(prompts)
-        ident, p = self.identity(), asdict(params)
+        self._check_supported(params)
+        ident, p = self.identity(), params.key_fields()
         requests = []
         for i, prompt in enumerate(prompts):
             for j in range(n):

@@ -150,6 +150,13 @@ class HTTPTeacher(Teacher):
         finally:
             pool.shutdown(wait=True, cancel_futures=True)  # a permanent error stops the queued rest
 
+    def _check_supported(self, params: GenParams) -> None:
+        # The OpenAI protocol carries token choices only: these knobs need the logits on our side.
+        for name, off in (("adaptive_temperature", 0.0), ("contrastive", 0.0)):
+            if getattr(params, name) != off:
+                raise ValueError(f"{name} needs the model's logits, which an OpenAI-compatible endpoint does not "
+                                 f"expose: use a local teacher (HF id or path) for it, or set {name}={off}")
+
     def _run_generate(self, batch: list[Request], params: GenParams) -> list[Entry]:
         return self._parallel(lambda r: self._one_completion(r, params), batch)
 
@@ -160,7 +167,7 @@ class HTTPTeacher(Teacher):
             body["stop"] = list(params.stop)
         # Non-OpenAI sampling knobs (vLLM, llama.cpp accept them) are sent only when used:
         # strict servers reject unknown fields.
-        for name, off in (("top_k", 0), ("min_p", 0.0), ("stop_token_ids", ())):
+        for name, off in (("top_k", 0), ("min_p", 0.0), ("typical_p", 1.0), ("stop_token_ids", ())):
             if getattr(params, name) != off:
                 body[name] = list(getattr(params, name)) if name == "stop_token_ids" else getattr(params, name)
         chat = not isinstance(r.prompt, str)

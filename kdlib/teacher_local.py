@@ -69,7 +69,7 @@ class LocalTeacher(Teacher):
 
     def __init__(self, model: str = models.TEACHER_ID, *, device: str = "auto", dtype: str = "auto",
                  batch_size: int = 32, commit_every: int | None = None, revision: str | None = None,
-                 trust_remote_code: bool = False, **common):
+                 trust_remote_code: bool = False, amateur: int | str | None = None, **common):
         from kdlib.setup import pick_device, pick_dtype
 
         commit_every = 4 * batch_size if commit_every is None else commit_every
@@ -83,11 +83,40 @@ class LocalTeacher(Teacher):
         self.batch_size = batch_size      # rows decoded at once
         self.commit_every = commit_every  # rows per cache commit: fastgen refills finished rows within it
         self.trust_remote_code = trust_remote_code
-        self._model = self._tokenizer = None
+        # The amateur of contrastive decoding: the expert's first N layers (int) or another model sharing
+        # the tokenizer (HF id or path). Loaded on the first contrastive call.
+        if amateur is not None and (isinstance(amateur, bool) or not isinstance(amateur, int | str)):
+            raise TypeError(f"amateur must be a layer count (int) or a model id/path, got {amateur!r}")
+        self.amateur = amateur
+        self._model = self._tokenizer = self._amateur_model = None
 
     def identity(self) -> dict:
         # dtype changes the numbers (and so greedy ties and samples); the device mostly does not.
-        return {**super().identity(), "dtype": str(self.dtype).removeprefix("torch.")}
+        ident = {**super().identity(), "dtype": str(self.dtype).removeprefix("torch.")}
+        if self.amateur is not None:  # only when set: keys of teachers without one stay as they were
+            ident["amateur"] = self.amateur
+        return ident
+
+    def _check_supported(self, params: GenParams) -> None:
+        if params.contrastive > 0 and self.amateur is None:
+            raise ValueError("contrastive decoding needs an amateur: make_teacher(..., amateur=N) uses the "
+                             "teacher's first N layers, or pass a weaker model's id/path sharing its tokenizer")
+
+    def amateur_model(self):
+        """The contrastive amateur, built or loaded once."""
+        if self._amateur_model is None:
+            model, _ = self.load()
+            if isinstance(self.amateur, int):
+                from kdlib.distill import truncated_student
+
+                self._amateur_model = truncated_student(model, self.amateur).eval()
+            else:
+                resolved = models.resolve(self.amateur)
+                self._amateur_model, tok = models.load_causal_lm(resolved, self.device, self.dtype)
+                from kdlib.distill import check_same_tokenizer
+
+                check_same_tokenizer(self.tokenizer, tok)
+        return self._amateur_model
 
     # --- loading and tokenising ----------------------------------------------------------------
     def load(self):
@@ -141,7 +170,14 @@ class LocalTeacher(Teacher):
         model, tok = self.load()
         sampling = fastgen.SamplingParams(
             max_new_tokens=params.max_new_tokens, temperature=params.temperature, top_p=params.top_p,
-            top_k=params.top_k, min_p=params.min_p, stop_token_ids=tuple(params.stop_token_ids))
+            top_k=params.top_k, min_p=params.min_p, typical_p=params.typical_p,
+            adaptive_temperature=params.adaptive_temperature, stop_token_ids=tuple(params.stop_token_ids))
+        if params.contrastive > 0:
+            from kdlib import contrastive
+
+            return contrastive.generate(model, self.amateur_model(), prompts, sampling, params.contrastive,
+                                        params.contrastive_alpha, seeds=seeds, eos_token_ids=self.eos_token_ids(),
+                                        pad_token_id=tok.pad_token_id, batch_size=self.batch_size)
         return fastgen.generate(model, prompts, sampling, seeds=seeds, batch_size=self.batch_size,
                                 eos_token_ids=self.eos_token_ids(), pad_token_id=tok.pad_token_id)
 
