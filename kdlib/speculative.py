@@ -169,3 +169,14 @@ def generate(target, prompt: list[int], max_new_tokens: int, drafter=None, k: in
                 break
     stats.new_tokens, stats.wall_s = len(out), time.perf_counter() - start
     return out, "length", stats
+
+
+def measure(target, prompts: list[list[int]], max_new_tokens: int, drafter=None, k: int = 4, stop_ids=()
+            ) -> tuple[list[list[int]], SpecStats]:
+    """`generate` over several prompts one at a time: (outputs, summed stats)."""
+    total, outs = SpecStats(), []
+    for prompt in prompts:
+        out, _, stats = generate(target, prompt, max_new_tokens, drafter=drafter, k=k, stop_ids=stop_ids)
+        outs.append(out)
+        total = total.merge(stats)
+    return outs, total

@@ -22,7 +22,7 @@ import math
 import random
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from kdlib.dedup import dedup
@@ -109,7 +109,8 @@ class SynthResult:
 def synthesize(teacher, spec: TaskSpec, per_label: int, *, examples: dict[str, Sequence[str]] | None = None,
                per_prompt: int = 5, prompts_per_label: int = 1, temperature: float = 1.0, top_p: float = 0.95,
                max_new_tokens: int = 160, max_rounds: int = 4, seed: int = 0, style: str = "",
-               against: Sequence[str] = (), near_threshold: float | None = 0.7, min_chars: int = 10
+               against: Sequence[str] = (), near_threshold: float | None = 0.7, min_chars: int = 10,
+               decoding: dict | None = None, best_of: int = 1, scorer: Callable[[str, str], float] | None = None
                ) -> SynthResult:
     """`per_label` synthetic texts for every label of `spec` (fewer if `max_rounds` runs out).
 
@@ -118,9 +119,15 @@ def synthesize(teacher, spec: TaskSpec, per_label: int, *, examples: dict[str, S
     demonstration subsets per label (seeded), so the teacher sees different examples.
     `against` are texts synthetic data must not copy (the test split): ``test_leak``.
     Texts shorter than `min_chars` are dropped (``too_short``: "1.", "201", a lone label).
+    `decoding` adds generation knobs (`kdlib.teacher.GenParams` names: min_p, typical_p,
+    adaptive_temperature, contrastive, ...). With ``best_of > 1`` every sample is the best of that
+    many candidates under ``scorer(label, output) -> float`` (`kdlib.decoding.confidence_scorer`);
+    all candidates are billed.
     """
-    if per_label < 1 or max_rounds < 1 or prompts_per_label < 1:
-        raise ValueError("per_label, max_rounds and prompts_per_label must be >= 1")
+    if per_label < 1 or max_rounds < 1 or prompts_per_label < 1 or best_of < 1:
+        raise ValueError("per_label, max_rounds, prompts_per_label and best_of must be >= 1")
+    if best_of > 1 and scorer is None:
+        raise ValueError("best_of > 1 needs a scorer(label, output) -> float to pick the best candidate")
     examples = {lab: list(v) for lab, v in (examples or {}).items()}
     unknown = set(examples) - set(spec.label_names)
     if unknown:
@@ -131,8 +138,8 @@ def synthesize(teacher, spec: TaskSpec, per_label: int, *, examples: dict[str, S
     # each sample yields about `per_prompt` texts; ask for enough, then more while some label is short
     samples = max(1, math.ceil(per_label / per_prompt))   # per label, over all its distinct prompts
     for rounds in range(1, max_rounds + 1):
-        raw = _sample(t, requests, samples, seed, dict(temperature=temperature, top_p=top_p,
-                                                       max_new_tokens=max_new_tokens))
+        params = dict(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, **(decoding or {}))
+        raw = _sample(t, requests, samples, seed, params, best_of, scorer)
         rows, report = clean_outputs(raw, spec, seeds, against, near_threshold, min_chars, near_threshold)
         counts = Counter(r["label"] for r in rows)
         lowest = min(counts[lab] for lab in spec.label_names)
@@ -161,7 +168,8 @@ def _requests(spec: TaskSpec, examples: dict[str, list[str]], per_prompt: int, p
     return out
 
 
-def _sample(t, requests: list[tuple[str, list[dict]]], samples: int, seed: int, params: dict) -> list[dict]:
+def _sample(t, requests: list[tuple[str, list[dict]]], samples: int, seed: int, params: dict,
+            best_of: int = 1, scorer=None) -> list[dict]:
     """About `samples` teacher samples per label, spread over the label's distinct prompts.
 
     `Teacher.generate` takes one n for all prompts, so prompts are grouped by how many samples
@@ -172,9 +180,14 @@ def _sample(t, requests: list[tuple[str, list[dict]]], samples: int, seed: int, 
         groups.setdefault(math.ceil(samples / per_label[label]), []).append((label, prompt))
     raw = []
     for n, group in groups.items():
-        outs = t.generate([p for _, p in group], n=n, seed=seed, **params)
-        raw += [{"label": group[i // n][0], "prompt": group[i // n][1], "output": c.text,
-                 "tokens": c.prompt_tokens + c.completion_tokens} for i, c in enumerate(outs)]
+        outs = t.generate([p for _, p in group], n=n * best_of, seed=seed, **params)
+        # Candidates of one sample are consecutive; with best_of == 1 this keeps every output.
+        for i in range(0, len(outs), best_of):
+            cands = outs[i:i + best_of]
+            label, prompt = group[i // (n * best_of)]
+            pick = max(cands, key=lambda c: scorer(label, c.text)) if best_of > 1 else cands[0]
+            raw.append({"label": label, "prompt": prompt, "output": pick.text,
+                        "tokens": sum(c.prompt_tokens + c.completion_tokens for c in cands)})
     return raw
 
 

@@ -187,3 +187,46 @@ def test_http_teacher_refuses_logit_knobs():
     for knob in ({"adaptive_temperature": 1.0}, {"contrastive": 0.5}):
         with pytest.raises(ValueError, match="logits"):
             teacher.generate(["hi"], **knob)
+
+
+# ----------------------------------------------------------------------------- strategies and best-of-n
+
+def test_strategies_are_valid_gen_params_and_misspellings_are_named():
+    from kdlib import decoding
+
+    for name in decoding.STRATEGIES:
+        GenParams.build(None, **decoding.strategy(name, temperature=0.8))
+    assert decoding.strategy("greedy", 0.8)["temperature"] == 0.0
+    with pytest.raises(ValueError, match="did you mean 'typical'"):
+        decoding.strategy("typicl")
+
+
+@pytest.fixture(scope="module")
+def smol():
+    from kdlib.teacher_local import LocalTeacher
+
+    return LocalTeacher(batch_size=8, cache=False, progress=False)
+
+
+def test_best_of_n_picks_the_scorers_favourite_and_bills_every_candidate(smol):
+    from kdlib import decoding
+    from kdlib.teacher import user
+
+    prompts = [user("Name a fruit."), user("Name a colour.")]
+    picked = decoding.best_of_n(smol, prompts, 3, lambda i, cands: [len(c) for c in cands], seed=4,
+                                max_new_tokens=8, temperature=1.0)
+    for cands, text, j in zip(picked.candidates, picked.texts, picked.chosen):
+        assert len(cands) == 3 and text == cands[j] and len(text) == max(len(c) for c in cands)
+    spent = smol.generate(prompts, n=3, seed=4, max_new_tokens=8, temperature=1.0)
+    assert picked.tokens == sum(c.prompt_tokens + c.completion_tokens for c in spent)
+    with pytest.raises(ValueError, match="NaN"):
+        decoding.best_of_n(smol, prompts[:1], 2, lambda i, c: [float("nan")] * 2, max_new_tokens=2)
+
+
+def test_likelihood_scores_prefer_the_likely_answer(smol):
+    from kdlib import decoding
+    from kdlib.teacher import user
+
+    s = decoding.likelihood_scores(smol, user("What is the capital of France? Answer in one word."),
+                                   ["Paris", "Banana", "  "])
+    assert s[0] > s[1] and s[2] == float("-inf")
