@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from kdlib.sft import IGNORE_INDEX, SFTConfig, _batch, encode_pairs
+from kdlib.train_state import Runtime, epoch_batches
 
 
 class TokenizerMismatchError(ValueError):
@@ -122,14 +123,26 @@ def student_samples(student, rows: Sequence[tuple[list[int], list[int]]], config
     return [(p + o.token_ids, [IGNORE_INDEX] * len(p) + o.token_ids) for p, o in zip(prompts, outs) if o.token_ids]
 
 
-def train_word_kd(student, teacher, tokenizer, pairs: Sequence[dict], config: KDConfig | None = None) -> KDHistory:
+def check_same_vocab(student, teacher) -> None:
+    """Token-level distillation compares distributions position by position: the output layers must agree."""
+    vs, vt = student.get_output_embeddings().weight.shape[0], teacher.get_output_embeddings().weight.shape[0]
+    if vs != vt:
+        raise TokenizerMismatchError(
+            f"student and teacher output layers differ ({vs} vs {vt} tokens): token-level distillation needs one "
+            "shared tokenizer and vocabulary (use check_same_tokenizer on their tokenizers to see where they differ)")
+
+
+def train_word_kd(student, teacher, tokenizer, pairs: Sequence[dict], config: KDConfig | None = None,
+                  accelerator=None) -> KDHistory:
     """Word-level KD on the reference responses: per response token, `config.loss` between teacher and
     student next-token distributions (+ `ce_weight` x cross-entropy on the reference token). With
-    ``config.on_policy > 0`` that share of batches is scored on student samples instead (GKD)."""
+    ``config.on_policy > 0`` that share of batches is scored on student samples instead (GKD).
+    `accelerator` (an `accelerate.Accelerator`) spreads each global batch over its processes."""
     import torch
 
     from kdlib.losses import kd_loss
 
+    check_same_vocab(student, teacher)
     config = config or KDConfig()
     rows = encode_pairs(tokenizer, pairs, config.max_length)
     if not rows:
@@ -141,48 +154,57 @@ def train_word_kd(student, teacher, tokenizer, pairs: Sequence[dict], config: KD
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: (s + 1) / max(warmup, 1) if s < warmup else max(0.0, (total - s) / max(total - warmup, 1)))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    rt = Runtime(accelerator)
+    history, start = KDHistory(), time.monotonic()
+    ckpt = rt.checkpoint(config, rows, f"word_kd/{config.loss}")
+    first_step, saved = ckpt.restore(student, optimizer, scheduler) if ckpt else (0, {})
+    history = KDHistory(**saved) if saved else history
+    plain = student  # the unwrapped module: generation goes through it, never through a DDP wrapper
+    student, optimizer = rt.prepare(student, optimizer)
+    params = [p for p in student.parameters() if p.requires_grad]
     device = next(student.parameters()).device
-    history, start, step = KDHistory(), time.monotonic(), 0
-    shuffler = torch.Generator().manual_seed(config.seed)
+    if accelerator:
+        teacher.to(device)
     coin = random.Random(config.seed)
+    for _ in range(first_step if config.on_policy else 0):  # replay the on-policy coin up to the resumed step
+        coin.random()
     teacher.eval()
     student.train()
-    while step < total:
-        order = torch.randperm(len(rows), generator=shuffler).tolist()
-        for first in range(0, len(order), config.batch_size):
-            if step == total:
-                break
-            batch = [rows[i] for i in order[first:first + config.batch_size]]
-            if config.on_policy and coin.random() < config.on_policy:
-                batch = student_samples(student, batch, config, pad_id, seed=config.seed * 100_003 + step)
-                history.on_policy_steps += 1
-            ids, labels, mask = _batch(batch, pad_id, device)
-            # position t predicts token t+1: shift so that logits line up with the response tokens they score
-            target = labels[:, 1:]
-            counted = target != IGNORE_INDEX
-            with torch.no_grad():
-                t_logits = teacher(input_ids=ids, attention_mask=mask).logits[:, :-1]
-            s_logits = student(input_ids=ids, attention_mask=mask).logits[:, :-1]
-            kd = kd_loss(s_logits, t_logits, config.loss, mask=counted, temperature=config.temperature,
-                         beta=config.beta, alpha=config.alpha)
-            loss = kd
-            if config.ce_weight:
-                ce = torch.nn.functional.cross_entropy(s_logits.reshape(-1, s_logits.shape[-1]).float(),
-                                                       target.reshape(-1), ignore_index=IGNORE_INDEX)
-                loss = (1 - config.ce_weight) * kd + config.ce_weight * ce
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"KD loss is {loss.item()} at step {step + 1}: lower lr or check the data")
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            history.loss.append(float(loss.detach()))
-            history.kd.append(float(kd.detach()))
-            history.tokens += int(counted.sum())
-            step += 1
+    for step, idx in epoch_batches(len(rows), config.batch_size, total, config.seed, start=first_step):
+        batch = [rows[i] for i in rt.shard(idx)]
+        if config.on_policy and coin.random() < config.on_policy:
+            batch = student_samples(plain, batch, config, pad_id, seed=config.seed * 100_003 + step)
+            history.on_policy_steps += 1
+        ids, labels, mask = _batch(batch, pad_id, device)
+        # position t predicts token t+1: shift so that logits line up with the response tokens they score
+        target = labels[:, 1:]
+        counted = target != IGNORE_INDEX
+        with torch.no_grad():
+            t_logits = teacher(input_ids=ids, attention_mask=mask).logits[:, :-1]
+        s_logits = student(input_ids=ids, attention_mask=mask).logits[:, :-1]
+        kd = kd_loss(s_logits, t_logits, config.loss, mask=counted, temperature=config.temperature,
+                     beta=config.beta, alpha=config.alpha)
+        loss = kd
+        if config.ce_weight:
+            ce = torch.nn.functional.cross_entropy(s_logits.reshape(-1, s_logits.shape[-1]).float(),
+                                                   target.reshape(-1), ignore_index=IGNORE_INDEX)
+            loss = (1 - config.ce_weight) * kd + config.ce_weight * ce
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"KD loss is {loss.item()} at step {step + 1}: lower lr or check the data")
+        rt.backward(loss)
+        rt.clip(params, config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        history.loss.append(float(loss.detach()))
+        history.kd.append(float(kd.detach()))
+        history.tokens += int(counted.sum())
+        rt.save(ckpt, step + 1, total, student, optimizer, scheduler, history)
+    step = total
+    if ckpt and rt.is_main:
+        ckpt.finish()
     student.eval()
-    history.steps, history.seconds = step, time.monotonic() - start
+    history.steps, history.seconds = step, history.seconds + time.monotonic() - start
     return history
 
 

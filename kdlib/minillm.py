@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from kdlib.sft import IGNORE_INDEX, SFTConfig, encode_pairs
+from kdlib.train_state import Runtime, epoch_batches
 
 
 @dataclass
@@ -184,10 +185,15 @@ class MiniLLMHistory:
 
 
 def train_minillm(student, teacher, tokenizer, pairs: Sequence[dict], config: MiniLLMConfig | None = None,
-                  lm_texts: Sequence[str] = ()) -> MiniLLMHistory:
+                  lm_texts: Sequence[str] = (), accelerator=None) -> MiniLLMHistory:
     """Train `student` in place with MiniLLM on the prompts of `pairs` (their responses are not used,
-    except that a prompt must fit in `max_length`); `lm_texts` feed the optional LM loss."""
+    except that a prompt must fit in `max_length`); `lm_texts` feed the optional LM loss.
+    `accelerator` (an `accelerate.Accelerator`) spreads each global batch over its processes."""
     import torch
+
+    from kdlib.distill import check_same_vocab
+
+    check_same_vocab(student, teacher)
 
     config = config or MiniLLMConfig()
     rows = encode_pairs(tokenizer, pairs, config.max_length)
@@ -201,37 +207,44 @@ def train_minillm(student, teacher, tokenizer, pairs: Sequence[dict], config: Mi
     params = [p for p in student.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    history, start, step = MiniLLMHistory(), time.monotonic(), 0
-    shuffler = torch.Generator().manual_seed(config.seed)
+    history, start = MiniLLMHistory(), time.monotonic()
+    rt = Runtime(accelerator)
+    ckpt = rt.checkpoint(config, [prompts, lm_rows], "minillm")
+    first_step, saved = ckpt.restore(student, optimizer) if ckpt else (0, {})
+    history = MiniLLMHistory(**saved) if saved else history
+    plain = student  # the unwrapped module: sampling goes through it, never through a DDP wrapper
+    student, optimizer = rt.prepare(student, optimizer)
+    params = [p for p in student.parameters() if p.requires_grad]
+    if accelerator:
+        teacher.to(accelerator.device)
     teacher.eval()
-    while step < total:
-        order = torch.randperm(len(prompts), generator=shuffler).tolist()
-        for first in range(0, len(order), config.batch_size):
-            if step == total:
-                break
-            batch = [prompts[i] for i in order[first:first + config.batch_size]]
-            student.eval()  # sampling: no dropout
-            samples = sample_mixed(student, teacher, batch, tokenizer.eos_token_id, pad_id, alpha=config.mix_alpha,
-                                   max_new_tokens=config.gen_max_new_tokens, temperature=config.gen_temperature,
-                                   seed=config.seed * 100_003 + step)
-            student.train()
-            loss, parts = minillm_loss(student, teacher, samples, config)
-            if config.lm_weight:
-                lm = lm_rows[step % len(lm_rows)]
-                ids = torch.tensor([lm], device=samples.input_ids.device)
-                lm_loss = student(input_ids=ids, labels=ids).loss
-                loss = loss + config.lm_weight * lm_loss
-                parts["lm"] = float(lm_loss.detach())
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"MiniLLM loss is {loss.item()} at step {step + 1}: lower lr or check the data")
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            history.loss.append(float(loss.detach()))
-            history.parts.append(parts)
-            history.sampled_tokens += int(samples.response_mask.sum())
-            step += 1
+    for step, idx in epoch_batches(len(prompts), config.batch_size, total, config.seed, start=first_step):
+        batch = [prompts[i] for i in rt.shard(idx)]
+        student.eval()  # sampling: no dropout
+        samples = sample_mixed(plain, teacher, batch, tokenizer.eos_token_id, pad_id, alpha=config.mix_alpha,
+                               max_new_tokens=config.gen_max_new_tokens, temperature=config.gen_temperature,
+                               seed=config.seed * 100_003 + step)
+        student.train()
+        loss, parts = minillm_loss(student, teacher, samples, config)
+        if config.lm_weight:
+            lm = lm_rows[step % len(lm_rows)]
+            ids = torch.tensor([lm], device=samples.input_ids.device)
+            lm_loss = student(input_ids=ids, labels=ids).loss
+            loss = loss + config.lm_weight * lm_loss
+            parts["lm"] = float(lm_loss.detach())
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"MiniLLM loss is {loss.item()} at step {step + 1}: lower lr or check the data")
+        rt.backward(loss)
+        rt.clip(params, config.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        history.loss.append(float(loss.detach()))
+        history.parts.append(parts)
+        history.sampled_tokens += int(samples.response_mask.sum())
+        rt.save(ckpt, step + 1, total, student, optimizer, None, history)
+    step = total
+    if ckpt and rt.is_main:
+        ckpt.finish()
     student.eval()
-    history.steps, history.seconds = step, time.monotonic() - start
+    history.steps, history.seconds = step, history.seconds + time.monotonic() - start
     return history

@@ -15,6 +15,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from kdlib.train_state import Runtime, epoch_batches
+
 IGNORE_INDEX = -100
 
 
@@ -29,6 +31,8 @@ class SFTConfig:
     max_grad_norm: float = 1.0
     max_length: int = 256          # tokens per rendered pair; longer responses are cut at the end
     seed: int = 0
+    checkpoint_dir: str | None = None  # save training state here and resume from it after a kill
+    checkpoint_every: int = 0      # steps between checkpoints (0: never; needs checkpoint_dir)
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "max_length"):
@@ -39,6 +43,10 @@ class SFTConfig:
             raise ValueError(f"SFTConfig.max_steps must be None or an integer >= 1, got {self.max_steps!r}")
         if not 0 < self.lr < 1 or not 0 <= self.warmup_ratio < 1 or self.max_grad_norm <= 0:
             raise ValueError("SFTConfig: need 0 < lr < 1, 0 <= warmup_ratio < 1 and max_grad_norm > 0")
+        if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
+            raise ValueError(f"SFTConfig.checkpoint_every must be an integer >= 0, got {self.checkpoint_every!r}")
+        if self.checkpoint_every and not self.checkpoint_dir:
+            raise ValueError("SFTConfig.checkpoint_every > 0 needs a checkpoint_dir to write to")
 
 
 @dataclass
@@ -84,8 +92,10 @@ def _batch(rows, pad_id: int, device):
     return ids.to(device), labels.to(device), mask.to(device)
 
 
-def train_sft(model, tokenizer, pairs: Sequence[dict], config: SFTConfig | None = None) -> SFTHistory:
-    """Fine-tune `model` in place on `pairs` (dicts with instruction and response); returns the history."""
+def train_sft(model, tokenizer, pairs: Sequence[dict], config: SFTConfig | None = None, accelerator=None
+              ) -> SFTHistory:
+    """Fine-tune `model` in place on `pairs` (dicts with instruction and response); returns the history.
+    `accelerator` (an `accelerate.Accelerator`) spreads each global batch over its processes."""
     import torch
 
     config = config or SFTConfig()
@@ -100,31 +110,35 @@ def train_sft(model, tokenizer, pairs: Sequence[dict], config: SFTConfig | None 
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: (s + 1) / max(warmup, 1) if s < warmup else max(0.0, (total - s) / max(total - warmup, 1)))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    device = next(model.parameters()).device
-    history, start, step = SFTHistory(), time.monotonic(), 0
-    shuffler = torch.Generator().manual_seed(config.seed)
-    model.train()
+    rt = Runtime(accelerator)
+    history, start = SFTHistory(), time.monotonic()
+    ckpt = rt.checkpoint(config, rows, "sft")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)  # dropout, if the model has any
-        while step < total:
-            order = torch.randperm(len(rows), generator=shuffler).tolist()
-            for first in range(0, len(order), config.batch_size):
-                if step == total:
-                    break
-                ids, labels, mask = _batch([rows[i] for i in order[first:first + config.batch_size]], pad_id, device)
-                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"SFT loss is {loss.item()} at step {step + 1}: lower lr or check the data")
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                history.loss.append(float(loss.detach()))
-                history.tokens += int((labels != IGNORE_INDEX).sum())
-                step += 1
+        first_step, saved = ckpt.restore(model, optimizer, scheduler) if ckpt else (0, {})
+        history = SFTHistory(**saved) if saved else history
+        model, optimizer = rt.prepare(model, optimizer)
+        params = [p for p in model.parameters() if p.requires_grad]
+        device = next(model.parameters()).device
+        model.train()
+        for step, idx in epoch_batches(len(rows), config.batch_size, total, config.seed, start=first_step):
+            ids, labels, mask = _batch([rows[i] for i in rt.shard(idx)], pad_id, device)
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"SFT loss is {loss.item()} at step {step + 1}: lower lr or check the data")
+            rt.backward(loss)
+            rt.clip(params, config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            history.loss.append(float(loss.detach()))
+            history.tokens += int((labels != IGNORE_INDEX).sum())
+            rt.save(ckpt, step + 1, total, model, optimizer, scheduler, history)
+        step = total
+    if ckpt and rt.is_main:
+        ckpt.finish()
     model.eval()
-    history.steps, history.seconds = step, time.monotonic() - start
+    history.steps, history.seconds = step, history.seconds + time.monotonic() - start
     return history
 
 

@@ -1,0 +1,112 @@
+"""The teacher as NER annotator: copy a tokenised sentence with inline ``[entity text](TYPE)`` markup.
+
+The answer is parsed with `kdlib.parse_ner` and its entities are projected back onto the *given* tokens, so
+a teacher that drops a comma or retokenises a word still yields tags for the original sentence; a mention
+that is not found in it is dropped and counted. An answer with no parsable example leaves the sentence
+rejected (None). The output copies the input almost verbatim, which is what prompt-lookup speculation
+(`kdlib.speculative.PromptLookupDrafter`) exploits.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from kdlib.parse_ner import parse_ner, to_markup
+
+
+def instruction(entity_types: Sequence[str]) -> str:
+    return ("Copy the sentence exactly and mark every named entity as [entity text](TYPE), with TYPE one of "
+            f"{', '.join(entity_types)}. Leave all other words unchanged. Answer with the marked sentence only.")
+
+
+def build_prompt(tokens: Sequence[str], entity_types: Sequence[str],
+                 shots: Sequence[tuple[Sequence[str], Sequence[str]]] = ()) -> list[dict]:
+    """System instruction, one user/assistant pair per (tokens, tags) demonstration, then the sentence."""
+    messages = [{"role": "system", "content": instruction(entity_types)}]
+    for toks, tags in shots:
+        messages += [{"role": "user", "content": " ".join(toks)},
+                     {"role": "assistant", "content": to_markup(list(toks), list(tags))}]
+    return messages + [{"role": "user", "content": " ".join(tokens)}]
+
+
+def project(tokens: Sequence[str], parsed_tokens: Sequence[str], parsed_tags: Sequence[str]) -> tuple[list[str], int]:
+    """BIO tags for `tokens` from a parse of (possibly re-tokenised) text: (tags, mentions not found).
+
+    Identical token lists keep their tags; otherwise each entity mention is looked up in `tokens`,
+    left to right, at its first occurrence after the previous one (the first anywhere if none after)."""
+    if list(parsed_tokens) == list(tokens):
+        return list(parsed_tags), 0
+    tags, lost, cursor = ["O"] * len(tokens), 0, 0
+    for words, etype in _mentions(parsed_tokens, parsed_tags):
+        n = len(words)
+        starts = [i for i in range(len(tokens) - n + 1) if list(tokens[i:i + n]) == words]
+        free = [i for i in starts if all(t == "O" for t in tags[i:i + n])]
+        later = [i for i in free if i >= cursor]
+        if not free:
+            lost += 1
+            continue
+        i = (later or free)[0]
+        tags[i:i + n] = [f"B-{etype}"] + [f"I-{etype}"] * (n - 1)
+        cursor = i + n
+    return tags, lost
+
+
+def _mentions(tokens: Sequence[str], tags: Sequence[str]) -> list[tuple[list[str], str]]:
+    out, i = [], 0
+    while i < len(tags):
+        if tags[i].startswith("B-"):
+            j = i + 1
+            while j < len(tags) and tags[j] == "I-" + tags[i][2:]:
+                j += 1
+            out.append((list(tokens[i:j]), tags[i][2:]))
+            i = j
+        else:
+            i += 1
+    return out
+
+
+@dataclass
+class NERAnnotation:
+    method: str
+    tags: list[list[str] | None]           # None: rejected (nothing parsable)
+    raw: list[str] = field(default_factory=list)
+    tokens: int = 0                        # teacher tokens (cache hits included)
+    problems: Counter = field(default_factory=Counter)
+
+    @property
+    def rejection_rate(self) -> float:
+        return sum(t is None for t in self.tags) / max(len(self.tags), 1)
+
+
+def annotate(teacher, sentences: Sequence[Sequence[str]], entity_types: Sequence[str],
+             shots: Sequence[tuple[Sequence[str], Sequence[str]]] = (), max_new_tokens: int = 96,
+             method: str = "ner", seed: int = 0, **decoding) -> NERAnnotation:
+    """Label every tokenised sentence with the teacher; `decoding` are GenParams knobs (greedy by default)."""
+    t = teacher.with_cache(teacher.cache)
+    prompts = [build_prompt(s, entity_types, shots) for s in sentences]
+    decoding.setdefault("temperature", 0.0)
+    outs = t.texts(prompts, max_new_tokens=max_new_tokens, seed=seed, stop=["\n"], **decoding)
+    tags, problems = [], Counter()
+    for sent, out in zip(sentences, outs):
+        report = parse_ner([out], list(entity_types))
+        if not report.kept:
+            tags.append(None)
+            problems["no_example"] += 1
+            continue
+        row = report.kept[0]
+        projected, lost = project(sent, row["tokens"], row["tags"])
+        problems["mention_not_in_sentence"] += lost
+        tags.append(projected)
+    return NERAnnotation(method, tags, outs, int(t.ledger.summary()["tokens_without_cache"]), problems)
+
+
+def quality(ann: NERAnnotation, gold: Sequence[Sequence[str]]) -> dict:
+    """Entity P/R/F1 of the labels against gold (rejected sentences count as unlabelled) and rejections."""
+    from kdlib.metrics import ner_metrics
+
+    pred = [t if t is not None else ["O"] * len(g) for t, g in zip(ann.tags, gold)]
+    m = ner_metrics([list(g) for g in gold], pred)
+    return {"entity_f1": m["entity_f1"], "precision": m["precision"], "recall": m["recall"],
+            "rejection_rate": ann.rejection_rate, "tokens": ann.tokens}
