@@ -25,7 +25,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from kdlib.sft import IGNORE_INDEX, SFTConfig, _batch, encode_pairs
+from kdlib.sft import IGNORE_INDEX, SFTConfig, encode_pairs
 from kdlib.train_state import Runtime, epoch_batches
 
 
@@ -123,6 +123,41 @@ def student_samples(student, rows: Sequence[tuple[list[int], list[int]]], config
     return [(p + o.token_ids, [IGNORE_INDEX] * len(p) + o.token_ids) for p, o in zip(prompts, outs) if o.token_ids]
 
 
+def response_batch(rows, pad_id: int, device):
+    """Left-padded batch of (ids, labels) rows whose labelled tokens are a suffix (a response after its prompt).
+
+    Returns ids, labels, mask, position ids (counting real tokens only, so left padding changes nothing) and
+    `keep`: the longest labelled suffix. Responses then all end at the last column, and the logits that
+    predict them are the last keep + 1 positions: `response_logits` computes only those, which skips the
+    output layer (a large share of a small LM's compute) on every prompt position.
+    """
+    import torch
+
+    width = max(len(x) for x, _ in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    keep = 1
+    for i, (x, y) in enumerate(rows):
+        ids[i, width - len(x):], labels[i, width - len(y):], mask[i, width - len(x):] = \
+            torch.tensor(x), torch.tensor(y), 1
+        first = next((j for j, t in enumerate(y) if t != IGNORE_INDEX), len(y))
+        keep = max(keep, len(y) - max(first, 1))  # the very first token of a row has no prediction
+    labels[:, :width - keep] = IGNORE_INDEX
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    return ids.to(device), labels.to(device), mask.to(device), positions.to(device), keep
+
+
+def response_logits(model, ids, mask, positions, keep: int):
+    """Logits at the keep positions that predict the last `keep` tokens: [batch, keep, vocab]."""
+    import inspect
+
+    forward = getattr(model, "module", model).forward  # a DDP wrapper forwards keyword arguments as they are
+    if "logits_to_keep" in inspect.signature(forward).parameters:
+        return model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep + 1).logits[:, :-1]
+    return model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -keep - 1:-1]
+
+
 def check_same_vocab(student, teacher) -> None:
     """Token-level distillation compares distributions position by position: the output layers must agree."""
     vs, vt = student.get_output_embeddings().weight.shape[0], teacher.get_output_embeddings().weight.shape[0]
@@ -175,13 +210,12 @@ def train_word_kd(student, teacher, tokenizer, pairs: Sequence[dict], config: KD
         if config.on_policy and coin.random() < config.on_policy:
             batch = student_samples(plain, batch, config, pad_id, seed=config.seed * 100_003 + step)
             history.on_policy_steps += 1
-        ids, labels, mask = _batch(batch, pad_id, device)
-        # position t predicts token t+1: shift so that logits line up with the response tokens they score
-        target = labels[:, 1:]
+        ids, labels, mask, positions, keep = response_batch(batch, pad_id, device)
+        target = labels[:, -keep:]
         counted = target != IGNORE_INDEX
         with torch.no_grad():
-            t_logits = teacher(input_ids=ids, attention_mask=mask).logits[:, :-1]
-        s_logits = student(input_ids=ids, attention_mask=mask).logits[:, :-1]
+            t_logits = response_logits(teacher, ids, mask, positions, keep)
+        s_logits = response_logits(student, ids, mask, positions, keep)
         kd = kd_loss(s_logits, t_logits, config.loss, mask=counted, temperature=config.temperature,
                      beta=config.beta, alpha=config.alpha)
         loss = kd

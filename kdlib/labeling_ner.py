@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from kdlib.parse_ner import parse_ner, to_markup
+from kdlib.parse_ner import parse_ner, simple_tokenize, to_markup
 
 
 def instruction(entity_types: Sequence[str]) -> str:
@@ -53,6 +53,11 @@ def project(tokens: Sequence[str], parsed_tokens: Sequence[str], parsed_tags: Se
     return tags, lost
 
 
+def _words(text: str) -> list[str]:
+    """Lower-cased word tokens without punctuation or spacing differences (for 'is this a copy?')."""
+    return [w for w in simple_tokenize(text.lower()) if any(ch.isalnum() for ch in w)]
+
+
 def _mentions(tokens: Sequence[str], tags: Sequence[str]) -> list[tuple[list[str], str]]:
     out, i = [], 0
     while i < len(tags):
@@ -90,16 +95,28 @@ def annotate(teacher, sentences: Sequence[Sequence[str]], entity_types: Sequence
     outs = t.texts(prompts, max_new_tokens=max_new_tokens, seed=seed, stop=["\n"], **decoding)
     tags, problems = [], Counter()
     for sent, out in zip(sentences, outs):
-        report = parse_ner([out], list(entity_types))
-        if not report.kept:
-            tags.append(None)
-            problems["no_example"] += 1
-            continue
-        row = report.kept[0]
-        projected, lost = project(sent, row["tokens"], row["tags"])
-        problems["mention_not_in_sentence"] += lost
-        tags.append(projected)
+        row, problem = tags_from_answer(sent, out, entity_types)
+        tags.append(row)
+        problems.update(problem)
     return NERAnnotation(method, tags, outs, int(t.ledger.summary()["tokens_without_cache"]), problems)
+
+
+def tags_from_answer(sentence: Sequence[str], answer: str, entity_types: Sequence[str]
+                     ) -> tuple[list[str] | None, Counter]:
+    """BIO tags of `sentence` from one marked-up answer, or None when it is not usable; the problems seen."""
+    problems = Counter()
+    report = parse_ner([answer], list(entity_types))
+    if not report.kept:
+        # A faithful copy without markup is a valid answer: the sentence has no entity.
+        if _words(" ".join(simple_tokenize(answer))) == _words(" ".join(sentence)):
+            problems["copied_without_entities"] += 1
+            return ["O"] * len(sentence), problems
+        problems["no_example"] += 1
+        return None, problems
+    row = report.kept[0]
+    tags, lost = project(sentence, row["tokens"], row["tags"])
+    problems["mention_not_in_sentence"] += lost
+    return tags, problems
 
 
 def quality(ann: NERAnnotation, gold: Sequence[Sequence[str]]) -> dict:

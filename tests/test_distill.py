@@ -86,3 +86,28 @@ def test_on_policy_batches_use_student_samples(tok):
     assert hist.on_policy_steps == 2 and hist.steps == 2 and all(map(math.isfinite, hist.loss))
     with pytest.raises(ValueError, match="ce_weight"):
         distill.KDConfig(on_policy=0.5, ce_weight=0.5)
+
+
+def test_response_only_logits_give_the_full_logits_loss(tok):
+    """Left padding + logits only where responses are predicted == right padding + all logits."""
+    import torch
+
+    from kdlib.distill import response_batch, response_logits
+    from kdlib.losses import kd_loss
+    from kdlib.sft import IGNORE_INDEX, _batch, encode_pairs
+    from tests.tiny_lm import PAIRS, tiny_llama
+
+    teacher, student = tiny_llama(tok, layers=3, seed=2), tiny_llama(tok, layers=2, seed=1)
+    rows = encode_pairs(tok, PAIRS[:5], 64)
+    assert len({len(x) for x, _ in rows}) > 1  # different lengths: padding matters
+    ids, labels, mask = _batch(rows, tok.pad_token_id, "cpu")
+    target = labels[:, 1:]
+    full = kd_loss(student(input_ids=ids, attention_mask=mask).logits[:, :-1],
+                   teacher(input_ids=ids, attention_mask=mask).logits[:, :-1], "rkl", mask=target != IGNORE_INDEX)
+    ids2, labels2, mask2, pos2, keep = response_batch(rows, tok.pad_token_id, "cpu")
+    assert keep < ids2.shape[1]  # prompt positions really are skipped
+    t2 = labels2[:, -keep:]
+    fast = kd_loss(response_logits(student, ids2, mask2, pos2, keep), response_logits(teacher, ids2, mask2, pos2, keep),
+                   "rkl", mask=t2 != IGNORE_INDEX)
+    assert int((t2 != IGNORE_INDEX).sum()) == int((target != IGNORE_INDEX).sum())
+    assert torch.allclose(full, fast, rtol=1e-4, atol=1e-6), (full.item(), fast.item())

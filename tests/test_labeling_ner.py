@@ -17,6 +17,15 @@ def test_projection_keeps_identical_tokens_and_maps_retokenised_mentions():
     assert out == tags and lost == 1
 
 
+def test_answers_become_tags_or_are_rejected():
+    sent = ["MELBOURNE", "1996-08-23", "."]
+    assert labeling_ner.tags_from_answer(sent, "Melbourne 1996-08-23", TYPES)[0] == ["O", "O", "O"]
+    tags, problems = labeling_ner.tags_from_answer(sent, "[MELBOURNE](LOC) 1996-08-23 .", TYPES)
+    assert tags == ["B-LOC", "O", "O"] and not problems["no_example"]
+    tags, problems = labeling_ner.tags_from_answer(sent, "Sorry, I cannot help with that.", TYPES)
+    assert tags is None and problems["no_example"] == 1
+
+
 def test_prompt_shows_demonstrations_in_markup():
     shot = (["EU", "rejects", "German", "beef"], ["B-ORG", "O", "B-MISC", "O"])
     msgs = labeling_ner.build_prompt(["John", "runs"], TYPES, [shot])

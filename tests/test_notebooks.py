@@ -123,7 +123,7 @@ EXPECTED = {
         "routing_student_macro_f1_at_max_fraction": (0.0, 1.0),
         **{f"{k}/{m}": rng for m in ("greedy", "contrastive")
            for k, rng in (("ner_label_entity_f1", (0.0, 1.0)), ("ner_tokens", (6, 10**8)),
-                          ("ner_student_entity_f1", (0.0, 1.0)))},
+                          ("ner_rejection_rate", (0.0, 1.0)))},
         "ner_fewshot_student_entity_f1": (0.0, 1.0),
         **{f"synthesis_tokens/{m}": (20, 10**7) for m in ("sampling", "min_p", "contrastive", "best_of_2")},
         **{f"synthesis_rows/{m}": (0, 4) for m in ("sampling", "min_p", "contrastive", "best_of_2")},
