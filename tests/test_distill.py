@@ -111,3 +111,21 @@ def test_response_only_logits_give_the_full_logits_loss(tok):
                    "rkl", mask=t2 != IGNORE_INDEX)
     assert int((t2 != IGNORE_INDEX).sum()) == int((target != IGNORE_INDEX).sum())
     assert torch.allclose(full, fast, rtol=1e-4, atol=1e-6), (full.item(), fast.item())
+
+
+def test_nucleus_mass_and_diagnostics(tok):
+    import torch
+
+    from kdlib.distill import nucleus_mass, teacher_forced_diagnostics
+    from tests.tiny_lm import PAIRS, tiny_llama
+
+    t = torch.log(torch.tensor([[[0.7, 0.25, 0.05, 0.0001]]]))
+    s = torch.log(torch.tensor([[[0.1, 0.1, 0.4, 0.4]]]))
+    mask = torch.tensor([[True]])
+    assert abs(nucleus_mass(t, s, mask, 0.9) - 0.2) < 1e-5     # teacher nucleus {0, 1}: the student puts 0.2 there
+    assert abs(nucleus_mass(t, t, mask, 0.9) - 0.95) < 1e-4    # itself: its own nucleus mass
+    model = tiny_llama(tok, layers=2, seed=3)
+    same = teacher_forced_diagnostics(model, model, tok, PAIRS[:3], max_length=64)
+    assert abs(same["fkl"]) < 1e-5 and abs(same["rkl"]) < 1e-5
+    other = teacher_forced_diagnostics(tiny_llama(tok, layers=2, seed=4), model, tok, PAIRS[:3], max_length=64)
+    assert other["fkl"] > 0 and other["rkl"] > 0 and 0 < other["student_mass_in_teacher_nucleus"] < 1

@@ -111,6 +111,13 @@ EXPECTED = {
         "rkl_starts_ending_on_a_mode": (0.3, 1.0),
         "wall_s": (0, 600),
     },
+    "07_instruction_following": {
+        "teacher_rouge_l": (0.0, 1.0),
+        "untrained_student_rouge_l": (0.0, 1.0),
+        **{f"{k}/{m}": rng for m in ("sft", "kd_forward_kl", "kd_reverse_kl", "kd_jsd", "seqkd", "minillm")
+           for k, rng in (("rouge_l", (0.0, 1.0)), ("rkl_to_teacher", (0.0, 50.0)),
+                          ("student_mass_in_teacher_nucleus", (0.0, 1.0)))},
+    },
     "08_cheaper_annotation": {
         "full_data_test_macro_f1": (0.55, 1.0),
         "fewshot_student_macro_f1": (0.0, 1.0),
