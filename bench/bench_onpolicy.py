@@ -150,8 +150,10 @@ def write_reports(report: dict, out_dir: Path) -> None:
     lines += ["", f"Throughput ratio kdlib / TRL: **{report['throughput_ratio']}x** (step time "
               f"{report['step_time_ratio']}x). Target: at least 1.5x.", "",
               "Where it comes from: student samples are drawn by `kdlib.fastgen` (KV buffer written in place, "
-              "finished rows leave the batch) instead of `model.generate`, and the divergence is computed in "
-              "chunks with analytic gradients (`kdlib.losses`) instead of full-vocabulary fp32 tensors.", ""]
+              "finished rows leave the batch) instead of `model.generate`; teacher and student logits are computed "
+              "only at response positions (`distill.response_logits`), not over the prompts; and the divergence "
+              "is computed in chunks with analytic gradients (`kdlib.losses`) instead of full-vocabulary fp32 "
+              "tensors.", ""]
     (out_dir / "onpolicy.md").write_text("\n".join(lines))
 
 
