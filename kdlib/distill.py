@@ -223,13 +223,7 @@ def train_word_kd(student, teacher, tokenizer, pairs: Sequence[dict], config: KD
             ce = torch.nn.functional.cross_entropy(s_logits.reshape(-1, s_logits.shape[-1]).float(),
                                                    target.reshape(-1), ignore_index=IGNORE_INDEX)
             loss = (1 - config.ce_weight) * kd + config.ce_weight * ce
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"KD loss is {loss.item()} at step {step + 1}: lower lr or check the data")
-        rt.backward(loss)
-        rt.clip(params, config.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        rt.update(loss, params, optimizer, scheduler, config.max_grad_norm, "KD", step)
         history.loss.append(float(loss.detach()))
         history.kd.append(float(kd.detach()))
         history.tokens += int(counted.sum())

@@ -232,12 +232,7 @@ def train_minillm(student, teacher, tokenizer, pairs: Sequence[dict], config: Mi
             lm_loss = student(input_ids=ids, labels=ids).loss
             loss = loss + config.lm_weight * lm_loss
             parts["lm"] = float(lm_loss.detach())
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"MiniLLM loss is {loss.item()} at step {step + 1}: lower lr or check the data")
-        rt.backward(loss)
-        rt.clip(params, config.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        rt.update(loss, params, optimizer, None, config.max_grad_norm, "MiniLLM", step)
         history.loss.append(float(loss.detach()))
         history.parts.append(parts)
         history.sampled_tokens += int(samples.response_mask.sum())

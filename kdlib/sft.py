@@ -124,13 +124,7 @@ def train_sft(model, tokenizer, pairs: Sequence[dict], config: SFTConfig | None 
         for step, idx in epoch_batches(len(rows), config.batch_size, total, config.seed, start=first_step):
             ids, labels, mask = _batch([rows[i] for i in rt.shard(idx)], pad_id, device)
             loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"SFT loss is {loss.item()} at step {step + 1}: lower lr or check the data")
-            rt.backward(loss)
-            rt.clip(params, config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            rt.update(loss, params, optimizer, scheduler, config.max_grad_norm, "SFT", step)
             history.loss.append(float(loss.detach()))
             history.tokens += int((labels != IGNORE_INDEX).sum())
             rt.save(ckpt, step + 1, total, model, optimizer, scheduler, history)

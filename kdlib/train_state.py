@@ -158,6 +158,20 @@ class Runtime:
         else:
             torch.nn.utils.clip_grad_norm_(params, max_norm)
 
+    def update(self, loss, params, optimizer, scheduler, max_norm: float, what: str, step: int) -> None:
+        """One optimiser step on `loss`: refuse a non-finite loss (naming the trainer and step), backward,
+        clip, step optimiser and scheduler (None for a constant LR), clear gradients."""
+        import torch
+
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{what} loss is {loss.item()} at step {step + 1}: lower lr or check the data")
+        self.backward(loss)
+        self.clip(params, max_norm)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
     def unwrap(self, model):
         return self.accelerator.unwrap_model(model) if self.accelerator else model
 
