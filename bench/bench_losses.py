@@ -17,6 +17,12 @@ reported), so that the shared machine's changing load hits both alike:
     python bench/bench_losses.py --tune     # only the chunk-size sweep of the chunked path
     python bench/bench_losses.py --device cuda --out reports/bench/losses_cuda   # 8,192 tokens; adds Liger's
                                             # fused JSD when liger-kernel is installed
+    python bench/bench_losses.py --fused-head --dtype float32   # hidden states in: `kd_loss_from_hidden` vs
+                                            # output layer + naive loss -> reports/bench/losses_fused_head.*
+
+--fused-head: the inputs are both models' last hidden states [N, H] and output layers [V, H] (H = 576 at
+vocab 49,152 as in SmolLM2, 896 at 151,936 as in Qwen2.5-0.5B); the student's hidden states and output layer
+are leaves that require grad, and their gradients (which both implementations produce) count as extra.
 
 Memory safety: the naive case at vocab 151,936 needs ~10 GB beyond its inputs. Before each measurement the
 script reads MemAvailable and waits (polling) until the estimated need is free; it never runs two at once.
@@ -38,6 +44,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("fkl", "rkl", "jsd", "skew_fkl", "skew_rkl", "tvd", "sym_kl")
 TARGET_MEM, TARGET_TIME = 0.15, 0.60
+# hidden size of a real model at each vocabulary, for --fused-head (SmolLM2-135M; Qwen2.5-0.5B)
+REAL_HIDDEN = {49152: 576, 151936: 896}
 GIB = 2**30
 
 
@@ -68,9 +76,13 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _loss_fn(impl: str, kind: str, chunk_rows: int | None):
-    from kdlib import losses
+def _loss_fn(impl: str, kind: str, chunk_rows: int | None, fused_head: bool = False):
+    from kdlib import fused_losses, losses
 
+    if fused_head:  # inputs: (student hidden, student head weight), (teacher hidden, teacher head weight)
+        fn = {"chunked": fused_losses.kd_loss_from_hidden, "naive": fused_losses.naive_kd_loss_from_hidden}[impl]
+        extra = {"chunk_size": chunk_rows} if impl == "chunked" else {}
+        return lambda s, t: fn(s[0], s[1], teacher_hidden=t[0], teacher_head=t[1], kind=kind, **extra)
     if impl == "chunked":
         return lambda s, t: losses.kd_loss(s, t, kind, chunk_size=chunk_rows)
     if impl == "naive":
@@ -89,22 +101,36 @@ def _log_softmax_fp32(x):
     return torch.log_softmax(x.float(), -1)
 
 
+def _inputs(vocab: int, tokens: int, device: str, dt, fused_head: bool):
+    """(student, teacher, leaves that get gradients). Realistic logit scale (std ~3): peaked softmaxes."""
+    import torch
+
+    if not fused_head:
+        s = (torch.randn(tokens, vocab, device=device, dtype=dt) * 3).requires_grad_()
+        return s, torch.randn(tokens, vocab, device=device, dtype=dt) * 3, [s]
+    hidden = REAL_HIDDEN.get(vocab, 768)
+    scale = 3 / hidden**0.5  # logits = h @ W.T with h ~ N(0, 1): std 3
+    h = torch.randn(tokens, hidden, device=device, dtype=dt).requires_grad_()
+    w = (torch.randn(vocab, hidden, device=device, dtype=dt) * scale).requires_grad_()
+    t = (torch.randn(tokens, hidden, device=device, dtype=dt), torch.randn(vocab, hidden, device=device, dtype=dt) * scale)
+    return (h, w), t, [h, w]
+
+
 def run_case(impl: str, kind: str, vocab: int, tokens: int, device: str, dtype: str, repeats: int,
-             chunk_rows: int | None) -> dict:
+             chunk_rows: int | None, fused_head: bool = False) -> dict:
     import torch
 
     torch.manual_seed(0)
     dt = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
-    fn = _loss_fn(impl, kind, chunk_rows)
+    fn = _loss_fn(impl, kind, chunk_rows, fused_head)
     # warm-up on a tiny problem: loads kernels and allocator pools without raising the big-case peak
-    w = torch.randn(4, 64, device=device, dtype=dt, requires_grad=True)
-    fn(w, torch.randn(4, 64, device=device, dtype=dt)).backward()
-    # realistic logit scale (std ~3) so that softmaxes are peaked rather than uniform
-    s = (torch.randn(tokens, vocab, device=device, dtype=dt) * 3).requires_grad_()
-    t = torch.randn(tokens, vocab, device=device, dtype=dt) * 3
+    ws, wt, _ = _inputs(64, 4, device, dt, fused_head)
+    fn(ws, wt).backward()
+    s, t, leaves = _inputs(vocab, tokens, device, dt, fused_head)
     times, extra = [], None
     for rep in range(repeats):
-        s.grad = None
+        for leaf in leaves:
+            leaf.grad = None
         if device == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -126,9 +152,11 @@ def run_case(impl: str, kind: str, vocab: int, tokens: int, device: str, dtype: 
                     extra = max(extra, 0)
         value = float(loss.detach())
         del loss
+    grad_bytes = sum(x.numel() * x.element_size() for x in leaves)
     return {"impl": impl, "kind": kind, "vocab": vocab, "tokens": tokens, "device": device, "dtype": dtype,
             "time_s": statistics.median(times), "times_s": times, "extra_peak_bytes": extra,
-            "input_bytes": 2 * s.numel() * s.element_size(), "grad_bytes": s.numel() * s.element_size(),
+            "input_bytes": 2 * grad_bytes, "grad_bytes": grad_bytes, "fused_head": fused_head,
+            "hidden": REAL_HIDDEN.get(vocab, 768) if fused_head else None,
             "loss": value, "chunk_rows": chunk_rows, "threads": torch.get_num_threads()}
 
 
@@ -142,8 +170,10 @@ def mem_available() -> int:
     return 0
 
 
-def estimated_need(impl: str, vocab: int, tokens: int, elem: int) -> int:
+def estimated_need(impl: str, vocab: int, tokens: int, elem: int, fused_head: bool = False) -> int:
     nv = vocab * tokens * elem
+    if fused_head:  # the naive path builds both models' logits; the fused one only chunk buffers
+        return {"naive": 14 * nv, "chunked": nv // 2}[impl] + GIB
     per_impl = {"naive": 12 * nv, "chunked": 2 * nv, "liger": 4 * nv}[impl]
     return 2 * nv + per_impl + GIB // 2
 
@@ -164,7 +194,7 @@ def spawn(impl, kind, vocab, dtype, args, chunk_rows=None) -> dict:
     """One measurement in a fresh interpreter, after waiting for enough free memory."""
     elem = 4 if dtype == "float32" else 2
     if args.device == "cpu":
-        need = estimated_need(impl, vocab, args.tokens, elem)
+        need = estimated_need(impl, vocab, args.tokens, elem, args.fused_head)
         if not wait_for_memory(need, args.max_wait):
             return {"impl": impl, "kind": kind, "vocab": vocab, "dtype": dtype,
                     "skipped": f"less than {need / GIB:.1f} GiB free"}
@@ -172,6 +202,8 @@ def spawn(impl, kind, vocab, dtype, args, chunk_rows=None) -> dict:
            "--device", args.device, "--dtype", dtype, "--repeats", "1"]
     if chunk_rows:
         cmd += ["--chunk-rows", str(chunk_rows)]
+    if args.fused_head:
+        cmd += ["--fused-head"]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -237,15 +269,24 @@ def _yes(flag: bool) -> str:
 
 
 def markdown(rows: list[dict], meta: dict, sweep: list[dict]) -> str:
-    lines = [f"# Distillation loss kernels: chunked vs naive ({meta['device_name']})", "",
-             f"Forward + backward of `kd_loss` (chunked, analytic gradients) and `naive_kd_loss` (full softmaxes, "
-             f"autograd) on {meta['tokens']:,} tokens of logits (std 3), default chunk size. "
+    if meta.get("fused_head"):
+        what = (f"Forward + backward from hidden states: `kd_loss_from_hidden` (output layer fused into the chunked "
+                f"loss; never the [N, V] logits or their gradient) against each model's output layer followed by "
+                f"`naive_kd_loss` (full logits and softmaxes, autograd), on {meta['tokens']:,} tokens; hidden size "
+                f"576 at vocab 49,152 (SmolLM2) and 896 at 151,936 (Qwen2.5-0.5B), logits of std 3. The 'grad' "
+                f"column is the student hidden states' and output layer's gradients, which both produce. ")
+        title = "fused output layer + loss vs output layer + naive loss"
+    else:
+        what = (f"Forward + backward of `kd_loss` (chunked, analytic gradients) and `naive_kd_loss` (full softmaxes, "
+                f"autograd) on {meta['tokens']:,} tokens of logits (std 3), default chunk size. ")
+        title = "chunked vs naive"
+    lines = [f"# Distillation loss kernels: {title} ({meta['device_name']})", "",
+             what +
              f"Each number is the median of {meta['repeats']} fresh processes, chunked and naive interleaved. "
-             f"Memory: {meta['memory_method']}; it includes the student logits' gradient, which both must "
-             f"produce (the 'grad' column: one [N, V] tensor in the logits' dtype); 'beyond grad' is the "
-             f"ratio of what each adds on top of that gradient. "
+             f"Memory: {meta['memory_method']}; it includes the gradients of the student inputs, which both must "
+             f"produce (the 'grad' column); 'beyond grad' is the ratio of what each adds on top of them. "
              f"Targets: memory <= {TARGET_MEM}x and time <= {TARGET_TIME}x of naive. "
-             f"`python bench/bench_losses.py`, {meta['date']}, torch {meta['torch']}, {meta['torch_threads']} "
+             f"`{meta.get('command', 'python bench/bench_losses.py')}`, {meta['date']}, torch {meta['torch']}, {meta['torch_threads']} "
              f"threads; {meta['load_note']}.", "",
              "| loss | logits | vocab | naive s | chunked s | time ratio | naive extra GiB | chunked extra GiB "
              "| grad GiB | memory ratio | beyond grad | time target | memory target |",
@@ -297,6 +338,8 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=3, help="fresh processes per implementation and case")
     ap.add_argument("--max-wait", type=float, default=1800, help="seconds to wait for free memory per case")
     ap.add_argument("--out", type=Path, default=None, help="output stem (default reports/bench/losses)")
+    ap.add_argument("--fused-head", action="store_true",
+                    help="hidden states + output layers in: kd_loss_from_hidden vs output layer + naive loss")
     ap.add_argument("--case", nargs=3, metavar=("IMPL", "KIND", "VOCAB"), help=argparse.SUPPRESS)
     ap.add_argument("--chunk-rows", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -305,14 +348,14 @@ def main(argv=None) -> None:
     if args.case:
         impl, kind, vocab = args.case
         print(json.dumps(run_case(impl, kind, int(vocab), args.tokens, args.device, args.dtype[0], args.repeats,
-                                  args.chunk_rows)))
+                                  args.chunk_rows, args.fused_head)))
         return
     if args.quick:
         args.vocab, args.no_sweep = [8192], True
     if args.tune:
         chunk_sweep(args)
         return
-    impls = ["chunked", "naive"] + (["liger"] if args.device == "cuda" else [])
+    impls = ["chunked", "naive"] + (["liger"] if args.device == "cuda" and not args.fused_head else [])
     results, started = [], time.strftime("%Y-%m-%d %H:%M")
     for dtype in args.dtype:
         # the first dtype runs every vocab; further ones only the largest, to keep a full run near an hour
@@ -330,7 +373,8 @@ def main(argv=None) -> None:
 
     meta = {"device_name": _device_name(args.device), "tokens": args.tokens, "dtypes": args.dtype,
             "repeats": args.repeats, "date": started, "torch": torch.__version__,
-            "torch_threads": results[0].get("threads"),
+            "torch_threads": results[0].get("threads"), "fused_head": args.fused_head,
+            "command": "python bench/bench_losses.py " + " ".join(sys.argv[1:]),
             "memory_method": "peak RSS (VmHWM after clear_refs) minus RSS before forward, fresh process per "
                              "measurement" if args.device == "cpu" else "max_memory_allocated minus allocated",
             "load_note": f"1-min load average {min(_loads(results)):.1f} to {max(_loads(results)):.1f} on "
@@ -341,7 +385,7 @@ def main(argv=None) -> None:
     print(table)
     if args.quick and args.out is None:
         return
-    stem = args.out or ROOT / "reports" / "bench" / "losses"
+    stem = args.out or ROOT / "reports" / "bench" / ("losses_fused_head" if args.fused_head else "losses")
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "summary": rows, "cases": results,
                                                      "chunk_sweep": sweep}, indent=1))

@@ -82,6 +82,10 @@ class KDConfig(SFTConfig):
     on_policy: float = 0.0         # GKD's lambda: share of batches whose responses the student samples
     gen_max_new_tokens: int = 64   # length of student samples
     gen_temperature: float = 1.0   # sampling temperature of student samples
+    # compute the loss from both models' last hidden states with the output layer fused into it
+    # (`kdlib.fused_losses`): the [batch, tokens, vocab] logits and their gradient never exist. Same maths;
+    # at vocab 151,936 that is GiBs per step (reports/bench/losses_fused_head.md). Single process only.
+    fused_head: bool = False
 
     def __post_init__(self):
         super().__post_init__()
@@ -95,6 +99,9 @@ class KDConfig(SFTConfig):
             raise ValueError("KDConfig: on_policy must be in [0, 1], gen_max_new_tokens >= 1, gen_temperature >= 0")
         if self.on_policy and self.ce_weight:
             raise ValueError("KDConfig: ce_weight needs reference tokens; student samples have none (on_policy > 0)")
+        if self.fused_head and self.ce_weight:
+            raise ValueError("KDConfig: fused_head computes no logits for the cross-entropy; use ce_weight=0 "
+                             "or fused_head=False")
 
 
 @dataclass
@@ -158,6 +165,13 @@ def response_logits(model, ids, mask, positions, keep: int):
     return model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -keep - 1:-1]
 
 
+def response_hidden(model, ids, mask, positions, keep: int):
+    """Final hidden states (after the last norm) at the positions `response_logits` would score: [B, keep, H].
+    Runs the model body only; `kdlib.fused_losses.kd_loss_from_hidden` applies the output layer chunk by chunk."""
+    body = model.get_decoder()
+    return body(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state[:, -keep - 1:-1]
+
+
 def check_same_vocab(student, teacher) -> None:
     """Token-level distillation compares distributions position by position: the output layers must agree."""
     vs, vt = student.get_output_embeddings().weight.shape[0], teacher.get_output_embeddings().weight.shape[0]
@@ -175,10 +189,17 @@ def train_word_kd(student, teacher, tokenizer, pairs: Sequence[dict], config: KD
     `accelerator` (an `accelerate.Accelerator`) spreads each global batch over its processes."""
     import torch
 
+    from kdlib.fused_losses import check_plain_output_layer, kd_loss_from_hidden
     from kdlib.losses import kd_loss
 
     check_same_vocab(student, teacher)
     config = config or KDConfig()
+    if config.fused_head:
+        if accelerator is not None and accelerator.num_processes > 1:
+            raise ValueError("KDConfig.fused_head calls the model body directly, which bypasses the DDP/FSDP "
+                             "wrapper; run it in a single process or set fused_head=False")
+        check_plain_output_layer(student)
+        check_plain_output_layer(teacher)
     rows = encode_pairs(tokenizer, pairs, config.max_length)
     if not rows:
         raise ValueError("no training pair left after encoding (empty data, or prompts longer than max_length)")
@@ -213,11 +234,18 @@ def train_word_kd(student, teacher, tokenizer, pairs: Sequence[dict], config: KD
         ids, labels, mask, positions, keep = response_batch(batch, pad_id, device)
         target = labels[:, -keep:]
         counted = target != IGNORE_INDEX
-        with torch.no_grad():
-            t_logits = response_logits(teacher, ids, mask, positions, keep)
-        s_logits = response_logits(student, ids, mask, positions, keep)
-        kd = kd_loss(s_logits, t_logits, config.loss, mask=counted, temperature=config.temperature,
-                     beta=config.beta, alpha=config.alpha)
+        options = dict(mask=counted, temperature=config.temperature, beta=config.beta, alpha=config.alpha)
+        if config.fused_head:
+            with torch.no_grad():
+                t_hidden = response_hidden(teacher, ids, mask, positions, keep)
+            kd = kd_loss_from_hidden(response_hidden(plain, ids, mask, positions, keep), plain.get_output_embeddings(),
+                                     teacher_hidden=t_hidden, teacher_head=teacher.get_output_embeddings(),
+                                     kind=config.loss, **options)
+        else:
+            with torch.no_grad():
+                t_logits = response_logits(teacher, ids, mask, positions, keep)
+            s_logits = response_logits(student, ids, mask, positions, keep)
+            kd = kd_loss(s_logits, t_logits, config.loss, **options)
         loss = kd
         if config.ce_weight:
             ce = torch.nn.functional.cross_entropy(s_logits.reshape(-1, s_logits.shape[-1]).float(),

@@ -129,3 +129,25 @@ def test_nucleus_mass_and_diagnostics(tok):
     assert abs(same["fkl"]) < 1e-5 and abs(same["rkl"]) < 1e-5
     other = teacher_forced_diagnostics(tiny_llama(tok, layers=2, seed=4), model, tok, PAIRS[:3], max_length=64)
     assert other["fkl"] > 0 and other["rkl"] > 0 and 0 < other["student_mass_in_teacher_nucleus"] < 1
+
+
+def test_fused_head_trains_exactly_like_the_logits_path(tok):
+    """KDConfig.fused_head: same losses step by step and the same weights after training, without logits."""
+    import copy
+
+    teacher, base = tiny_llama(tok, seed=1), tiny_llama(tok, layers=2, seed=2)
+    runs = {}
+    for fused in (False, True):
+        student = copy.deepcopy(base)
+        cfg = distill.KDConfig(loss="jsd", epochs=3, batch_size=4, lr=5e-3, warmup_ratio=0.0, temperature=1.5,
+                               fused_head=fused)
+        runs[fused] = (distill.train_word_kd(student, teacher, tok, PAIRS[:8], cfg), student)
+    (plain, s_plain), (fused, s_fused) = runs[False], runs[True]
+    assert fused.steps == plain.steps == 6 and fused.tokens == plain.tokens
+    assert plain.kd[-1] < plain.kd[0]  # it trained
+    for a, b in zip(plain.kd, fused.kd):
+        assert math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-6), (plain.kd, fused.kd)
+    for (name, p), q in zip(s_plain.named_parameters(), s_fused.parameters()):
+        assert torch.allclose(p, q, rtol=1e-3, atol=1e-5), name
+    with pytest.raises(ValueError, match="fused_head"):
+        distill.KDConfig(fused_head=True, ce_weight=0.5)
