@@ -79,6 +79,15 @@ def _peak_rss_bytes() -> int:
 def _loss_fn(impl: str, kind: str, chunk_rows: int | None, fused_head: bool = False):
     from kdlib import fused_losses, losses
 
+    if fused_head and impl == "gemm":  # the output layers alone, forward and backward: work both paths must do
+        import torch
+
+        def gemm(s, t):
+            with torch.no_grad():
+                torch.nn.functional.linear(t[0], t[1])
+            return torch.nn.functional.linear(s[0], s[1]).sum()
+
+        return gemm
     if fused_head:  # inputs: (student hidden, student head weight), (teacher hidden, teacher head weight)
         fn = {"chunked": fused_losses.kd_loss_from_hidden, "naive": fused_losses.naive_kd_loss_from_hidden}[impl]
         extra = {"chunk_size": chunk_rows} if impl == "chunked" else {}
@@ -173,7 +182,7 @@ def mem_available() -> int:
 def estimated_need(impl: str, vocab: int, tokens: int, elem: int, fused_head: bool = False) -> int:
     nv = vocab * tokens * elem
     if fused_head:  # the naive path builds both models' logits; the fused one only chunk buffers
-        return {"naive": 14 * nv, "chunked": nv // 2}[impl] + GIB
+        return {"naive": 14 * nv, "chunked": nv // 2, "gemm": 3 * nv}[impl] + GIB
     per_impl = {"naive": 12 * nv, "chunked": 2 * nv, "liger": 4 * nv}[impl]
     return 2 * nv + per_impl + GIB // 2
 
@@ -258,6 +267,9 @@ def summarise(results: list[dict]) -> list[dict]:
             else:
                 row["note"] = "; ".join(f"{k}: {v.get('skipped') or v.get('error')}" for k, v in by.items()
                                         if "time_s" not in v) or "missing"
+            if "gemm" in by and "time_s" in by["gemm"] and "time_ratio" in row:
+                gemm_s = by["gemm"]["time_s"]
+                row.update(gemm_s=gemm_s, time_ratio_beyond_gemm=(c["time_s"] - gemm_s) / (n["time_s"] - gemm_s))
             if "liger" in by and "time_s" in by["liger"]:
                 row.update(liger_s=by["liger"]["time_s"], liger_extra_gib=by["liger"]["extra_peak_bytes"] / GIB)
             rows.append(row)
@@ -299,6 +311,14 @@ def markdown(rows: list[dict], meta: dict, sweep: list[dict]) -> str:
                          f"| {_yes(r['meets_time'])} | {_yes(r['meets_memory'])} |")
         else:
             lines.append(f"| {r['kind']} | {r['dtype']} | {r['vocab']:,} | | | | | | | | | {r['note']} | |")
+    if any("gemm_s" in r for r in rows):
+        lines += ["", "Time split: both paths compute the same four output-layer GEMMs (student forward, teacher "
+                  "forward, the student's two gradient products), measured alone in the same run as 'GEMMs s'; "
+                  "'loss beyond GEMMs' is (fused - GEMMs) / (naive - GEMMs), the loss's own time against the naive "
+                  "loss's.", "", "| loss | vocab | GEMMs s | fused s | naive s | loss beyond GEMMs |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r['kind']} | {r['vocab']:,} | {r['gemm_s']:.2f} | {r['chunked_s']:.2f} | {r['naive_s']:.2f} "
+                  f"| {r['time_ratio_beyond_gemm']:.2f}x |" for r in rows if "gemm_s" in r]
     if sweep:
         lines += ["", f"Chunk-size sweep (chunked `{sweep[0]['kind']}`, {sweep[0]['dtype']}, vocab {sweep[0]['vocab']:,}, median of "
                   f"{min(meta['repeats'], 2)} processes):", "", "| elements per chunk | rows | seconds | extra GiB |",
@@ -356,6 +376,8 @@ def main(argv=None) -> None:
         chunk_sweep(args)
         return
     impls = ["chunked", "naive"] + (["liger"] if args.device == "cuda" and not args.fused_head else [])
+    if args.fused_head:  # the four GEMMs alone: the floor both paths share, to split their times
+        impls.append("gemm")
     results, started = [], time.strftime("%Y-%m-%d %H:%M")
     for dtype in args.dtype:
         # the first dtype runs every vocab; further ones only the largest, to keep a full run near an hour
