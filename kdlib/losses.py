@@ -44,6 +44,8 @@ it in place and hands it over, so the extra memory is one gradient-sized tensor,
 must produce, plus the workspace. If backward runs a second time on the same graph (``retain_graph=True``,
 gradcheck) the gradient is recomputed chunk by chunk from the saved inputs. ``naive_kd_loss`` is the plain
 full-softmax autograd version, kept as the reference for tests and the benchmark (bench/bench_losses.py).
+That gradient is the floor of any loss over logits (0.13-0.23x of the naive extra memory at 2,048 tokens);
+`kdlib.fused_losses.kd_loss_from_hidden` goes below it by taking hidden states and the output layer instead.
 """
 
 from __future__ import annotations
