@@ -30,7 +30,15 @@ from dataclasses import dataclass
 
 import torch
 
-from kdlib.losses import KINDS, REDUCTIONS, _count_nonfinite, _kernel_for, _n_buffers, _reduce, _Spec
+from kdlib.losses import (
+    _check_options,
+    _count_nonfinite,
+    _counted_rows,
+    _kernel_for,
+    _n_buffers,
+    _reduce,
+    _Spec,
+)
 
 # Tokens (rows) per chunk. Every chunk streams the output layers about five times (student and teacher
 # forward, dL/dh = g @ W, and the read-modify-write of the fp32 dL/dW accumulator), so the number of chunks,
@@ -68,6 +76,11 @@ def _as_head(head, name: str) -> _Head:
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ValueError(f"{name}'s bias has shape {tuple(bias.shape)}, expected ({weight.shape[0]},)")
     return _Head(weight, bias)
+
+
+def _teacher(t_logits, t_h, t_w, t_b) -> tuple:
+    """The teacher as `_run` takes it: ("logits", [N, V]) or ("hidden", [N, Ht], its output layer)."""
+    return ("logits", t_logits) if t_logits is not None else ("hidden", t_h, _Head(t_w, t_b))
 
 
 def check_plain_output_layer(model) -> None:
@@ -168,10 +181,10 @@ class _FusedHeadKD(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, weight, bias, t_logits, t_h, t_weight, t_bias, rows, spec):
         head = _Head(weight, bias)
-        teacher = ("logits", t_logits) if t_logits is not None else ("hidden", t_h, _Head(t_weight, t_bias))
+        teacher = _teacher(t_logits, t_h, t_weight, t_bias)
         want = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2])
         losses, grads, factor = _run(h, head, teacher, rows, spec, want)
-        ctx.grads, ctx.factor, ctx.spec, ctx.want, ctx.has_logits = grads, factor, spec, want, t_logits is not None
+        ctx.grads, ctx.factor, ctx.spec, ctx.want = grads, factor, spec, want
         ctx.save_for_backward(h, weight, bias, t_logits, t_h, t_weight, t_bias, rows)
         return losses
 
@@ -185,7 +198,7 @@ class _FusedHeadKD(torch.autograd.Function):
             scale = float(counted[0]) * ctx.factor if counted.numel() else 0.0
             grads = stored
         else:  # per-token upstream weights, or a second backward: recompute with them
-            teacher = ("logits", t_logits) if ctx.has_logits else ("hidden", t_h, _Head(t_weight, t_bias))
+            teacher = _teacher(t_logits, t_h, t_weight, t_bias)
             weights = grad_losses.to(torch.float64 if h.dtype == torch.float64 else torch.float32)
             _, grads, _ = _run(h, _Head(weight, bias), teacher, rows, ctx.spec, ctx.want, row_weights=weights)
             scale = ctx.factor
@@ -208,10 +221,7 @@ def _flat(x: torch.Tensor, name: str) -> torch.Tensor:
 
 def _check(student_hidden, s_head: _Head, teacher_logits, teacher_hidden, t_head, kind, mask, temperature, beta,
            alpha, reduction):
-    if kind not in KINDS:
-        raise ValueError(f"unknown loss kind {kind!r}: expected one of {KINDS}")
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"unknown reduction {reduction!r}: expected one of {REDUCTIONS}")
+    _check_options(kind, temperature, beta, alpha, reduction)
     if (teacher_logits is None) == (teacher_hidden is None):
         raise ValueError("give the teacher either as teacher_logits or as teacher_hidden with teacher_head, not both")
     if teacher_hidden is not None and t_head is None:
@@ -238,12 +248,6 @@ def _check(student_hidden, s_head: _Head, teacher_logits, teacher_hidden, t_head
                              f"{lead} with the teacher output layer's hidden size {t_head.weight.shape[1]}")
     if mask is not None and tuple(mask.shape) != lead:
         raise ValueError(f"mask shape {tuple(mask.shape)} must equal the hidden states' leading shape {lead}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    if not 0.0 <= beta <= 1.0:
-        raise ValueError(f"beta must be in [0, 1], got {beta}")
-    if not 0.0 <= alpha < 1.0:
-        raise ValueError(f"alpha must be in [0, 1) (alpha=1 makes the skew KLs identically 0), got {alpha}")
     if s_head.weight.dtype != student_hidden.dtype:
         raise TypeError(f"student hidden states ({student_hidden.dtype}) and output layer ({s_head.weight.dtype}) "
                         "must share a dtype, as in the model's own forward")
@@ -272,12 +276,7 @@ def kd_loss_from_hidden(student_hidden: torch.Tensor, student_head, teacher_logi
     t_h = _flat(teacher_hidden.detach(), "teacher_hidden") if teacher_hidden is not None else None
     t_w = t_head.weight.detach() if t_head is not None else None
     t_b = t_head.bias.detach() if t_head is not None and t_head.bias is not None else None
-    rows, n_valid = None, h.shape[0]
-    if mask is not None:
-        keep = mask.reshape(-1).to(device=h.device) != 0
-        n_valid = int(keep.sum())
-        if n_valid < h.shape[0]:
-            rows = keep.nonzero().view(-1)
+    rows, n_valid = _counted_rows(mask, h.shape[0], h.device)
     if chunk_size is None:
         chunk_size = CUDA_CHUNK_ROWS if h.is_cuda else CPU_CHUNK_ROWS
     spec = _Spec(kind, float(beta), float(alpha), float(temperature), bool(scale_by_t2), int(chunk_size))
@@ -288,8 +287,7 @@ def kd_loss_from_hidden(student_hidden: torch.Tensor, student_head, teacher_logi
         losses = _FusedHeadKD.apply(*args)
     else:
         with torch.no_grad():
-            teacher = ("logits", t_logits) if t_logits is not None else ("hidden", t_h, _Head(t_w, t_b))
-            losses = _run(h, _Head(s_head.weight, s_head.bias), teacher, rows, spec, (False, False, False))[0]
+            losses = _run(h, s_head, _teacher(t_logits, t_h, t_w, t_b), rows, spec, (False, False, False))[0]
     if not bool(torch.isfinite(losses.detach()).all()):
         teacher_note = (f"teacher_logits contain {_count_nonfinite(t_logits)}" if t_logits is not None
                         else f"teacher_hidden contains {_count_nonfinite(t_h)}")

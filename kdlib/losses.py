@@ -269,11 +269,31 @@ class _ChunkedKD(torch.autograd.Function):
 # Public API
 # ---------------------------------------------------------------------------------------------------------
 
-def _check(student_logits, teacher_logits, kind, mask, temperature, beta, alpha, reduction):
+def _check_options(kind, temperature, beta, alpha, reduction):
+    """The loss options, shared by every entry point (logits here, hidden states in `kdlib.fused_losses`)."""
     if kind not in KINDS:
         raise ValueError(f"unknown loss kind {kind!r}: expected one of {KINDS}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"unknown reduction {reduction!r}: expected one of {REDUCTIONS}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta must be in [0, 1], got {beta}")
+    if not 0.0 <= alpha < 1.0:
+        raise ValueError(f"alpha must be in [0, 1) (alpha=1 makes the skew KLs identically 0), got {alpha}")
+
+
+def _counted_rows(mask, n_rows: int, device) -> tuple[torch.Tensor | None, int]:
+    """(indices of the counted rows, or None when every row counts; number of counted rows)."""
+    if mask is None:
+        return None, n_rows
+    keep = mask.reshape(-1).to(device=device) != 0
+    n_valid = int(keep.sum())
+    return (keep.nonzero().view(-1) if n_valid < n_rows else None), n_valid
+
+
+def _check(student_logits, teacher_logits, kind, mask, temperature, beta, alpha, reduction):
+    _check_options(kind, temperature, beta, alpha, reduction)
     s_shape, t_shape = tuple(student_logits.shape), tuple(teacher_logits.shape)
     if student_logits.dim() < 2:
         raise ValueError(f"logits must be [B, T, V] or [N, V], got student shape {s_shape}")
@@ -287,12 +307,6 @@ def _check(student_logits, teacher_logits, kind, mask, temperature, beta, alpha,
         raise ValueError(f"student logits {s_shape} and teacher logits {t_shape} must have the same shape")
     if mask is not None and tuple(mask.shape) != s_shape[:-1]:
         raise ValueError(f"mask shape {tuple(mask.shape)} must equal the logits' leading shape {s_shape[:-1]}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    if not 0.0 <= beta <= 1.0:
-        raise ValueError(f"beta must be in [0, 1], got {beta}")
-    if not 0.0 <= alpha < 1.0:
-        raise ValueError(f"alpha must be in [0, 1) (alpha=1 makes the skew KLs identically 0), got {alpha}")
     if not student_logits.is_floating_point() or not teacher_logits.is_floating_point():
         raise TypeError("logits must be floating point tensors")
 
@@ -344,12 +358,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, kind: st
     lead_shape, vocab = student_logits.shape[:-1], student_logits.shape[-1]
     s = student_logits.reshape(-1, vocab)
     t = teacher_logits.detach().reshape(-1, vocab)
-    rows, n_valid = None, s.shape[0]
-    if mask is not None:
-        keep = mask.reshape(-1).to(device=s.device) != 0
-        n_valid = int(keep.sum())
-        if n_valid < s.shape[0]:
-            rows = keep.nonzero().view(-1)
+    rows, n_valid = _counted_rows(mask, s.shape[0], s.device)
     if chunk_size is None:
         elems = CUDA_CHUNK_ELEMS if s.is_cuda else CPU_CHUNK_ELEMS
         chunk_size = max(1, elems // max(vocab, 1))
