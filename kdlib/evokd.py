@@ -12,13 +12,16 @@ Round r (after round 0, the student trained on the k-shot seed set):
    plain request when ``stances=()``, an ablation) the teacher writes labelled samples as JSON;
    they are parsed and validated (`kdlib.parse`), de-duplicated against the pool and the test
    texts; optionally relabelled by a separate teacher query (``relabel=True``; the paper's answer
-   to label noise) and pruned by KNN-Shapley value (``valuation="knn_shapley"``);
+   to label noise) and pruned by KNN-Shapley value (``valuation="knn_shapley"``); in the controlled
+   variant (``labels="reference"``) a classifier trained on the full gold data relabels them, which
+   separates what the loop makes the teacher *write* from the teacher's label noise;
 5. the pool grows, a fresh student trains on it, and the round is checkpointed.
 
 Every round writes ``round_NNN.json`` (pool, analyses, history, tokens) atomically: a killed run
 resumes after its last finished round and asks the teacher for nothing it already has (the
-teacher cache makes even the interrupted round's finished calls free). Test scores are recorded
-for the learning curves only; no decision reads them.
+teacher cache makes even the interrupted round's finished calls free). Test scores, and the
+agreement of the teacher's labels with a reference classifier (`label_agreement`), are recorded
+for the learning curves and diagnostics only; no decision reads them.
 
 The task (classification here; NER plugs in through the same `Task` methods) supplies the
 prompts' wording, parsing, training and prediction.
@@ -60,6 +63,8 @@ class EvoKDConfig:
     stances: tuple[str, ...] = ("easy", "hard")   # () = one plain request (ablation)
     review: int = 2                  # earlier analyses kept in the prompt
     relabel: bool = False            # a separate labelling query; disagreeing samples are dropped
+    labels: str = "teacher"          # who labels generated texts: "teacher", or "reference" (controlled
+                                     # variant: the full-data classifier passed to `run` relabels them)
     valuation: str = "none"          # "none" or "knn_shapley": keep the most valuable new samples
     keep_fraction: float = 0.75      # share of new samples kept by valuation
     knn_k: int = 5
@@ -76,6 +81,8 @@ class EvoKDConfig:
             raise ValueError(f"EvoKDConfig.stances: unknown {sorted(unknown)}; known: {sorted(STANCES)}")
         if self.feedback not in ("random", "value") or self.valuation not in ("none", "knn_shapley"):
             raise ValueError("EvoKDConfig: feedback must be 'random' or 'value', valuation 'none' or 'knn_shapley'")
+        if self.labels not in ("teacher", "reference"):
+            raise ValueError(f"EvoKDConfig.labels must be 'teacher' or 'reference', got {self.labels!r}")
         for name in ("rounds", "per_round", "samples_per_request", "knn_k"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"EvoKDConfig.{name} must be an integer >= 1, got {getattr(self, name)!r}")
@@ -98,6 +105,7 @@ class ClassificationTask:
     def __init__(self, spec: TaskSpec, student_config, test_texts: Sequence[str] = ()):
         self.spec, self.config, self.test_texts = spec, student_config, list(test_texts)
         self.labels = spec.label_names
+        self.trained = TrainingMemo()
 
     def correct(self, row: dict, pred) -> bool:
         return pred == row["label"]
@@ -105,6 +113,13 @@ class ClassificationTask:
     def label_of(self, row: dict):
         """The label data valuation compares (KNN-Shapley's same-label test)."""
         return row["label"]
+
+    def with_labels(self, rows: Sequence[dict], preds: Sequence[str]) -> list[dict]:
+        return [{**r, "label": p} for r, p in zip(rows, preds)]
+
+    def agreement(self, rows: Sequence[dict], preds: Sequence[str]) -> float:
+        """Share of rows whose label equals the prediction."""
+        return float(np.mean([r["label"] == p for r, p in zip(rows, preds)]))
 
     def describe(self) -> str:
         lines = [f"A small model is learning to classify {self.spec.text_kind} into one of these labels:"]
@@ -128,7 +143,8 @@ class ClassificationTask:
     def train(self, rows: Sequence[dict], seed: int):
         from kdlib.student import train_classifier
 
-        return train_classifier(list(rows), None, self.config.replace(seed=seed), label_names=self.labels)
+        return self.trained.get(rows, seed, lambda: train_classifier(list(rows), None, self.config.replace(seed=seed),
+                                                                     label_names=self.labels))
 
     def predict(self, student, rows: Sequence[dict]) -> list[str]:
         return student.predict_labels([r["text"] for r in rows]) if rows else []
@@ -174,6 +190,7 @@ class NERTask:
         self.types, self.config, self.text_kind = dict(entity_types), student_config, text_kind
         self.tag_names = ["O"] + [f"{p}-{t}" for t in self.types for p in ("B", "I")]
         self.test_texts = [" ".join(s) for s in test_sentences]
+        self.trained = TrainingMemo()
 
     def describe(self) -> str:
         lines = [f"A small model is learning to find named entities in {self.text_kind}. The entity types are:"]
@@ -200,10 +217,20 @@ class NERTask:
     def label_of(self, row: dict):
         raise ValueError("data valuation (KNN-Shapley) needs one label per example: not available for NER")
 
+    def with_labels(self, rows: Sequence[dict], preds: Sequence[Sequence[str]]) -> list[dict]:
+        return [{**r, "tags": list(p)} for r, p in zip(rows, preds)]
+
+    def agreement(self, rows: Sequence[dict], preds: Sequence[Sequence[str]]) -> float:
+        """Entity F1 (seqeval) of the rows' tags against the predictions taken as the truth."""
+        from kdlib.metrics import ner_metrics
+
+        return float(ner_metrics([list(p) for p in preds], [list(r["tags"]) for r in rows])["entity_f1"])
+
     def train(self, rows: Sequence[dict], seed: int):
         from kdlib.student import train_tagger
 
-        return train_tagger(list(rows), None, self.config.replace(seed=seed), label_names=self.tag_names)
+        return self.trained.get(rows, seed, lambda: train_tagger(list(rows), None, self.config.replace(seed=seed),
+                                                                 label_names=self.tag_names))
 
     def predict(self, student, rows: Sequence[dict]) -> list[list[str]]:
         return student.predict([r["tokens"] for r in rows]) if rows else []
@@ -216,6 +243,30 @@ class NERTask:
 
     def relabel(self, teacher, rows: Sequence[dict], shots: Sequence[dict]) -> list[bool]:
         raise ValueError("relabel is implemented for classification only")
+
+
+class TrainingMemo:
+    """The last few students a task trained, by (training rows, seed). Every method compared on one
+    seed set starts from the same round-0 student, and training is deterministic given its rows and
+    seed: the notebook's runs share that student instead of retraining it once per method."""
+
+    def __init__(self, size: int = 2):
+        self.size, self.students = size, {}
+
+    def get(self, rows: Sequence[dict], seed: int, train):
+        key = hashlib.sha256(json.dumps([rows, seed], sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+        if key not in self.students:
+            self.students[key] = train()
+            while len(self.students) > self.size:
+                self.students.pop(next(iter(self.students)))
+        return self.students[key]
+
+
+def label_agreement(task, reference, rows: Sequence[dict]) -> float:
+    """How often the labels of `rows` (generated ones) agree with a reference classifier trained on
+    the full gold data: the share of equal labels for classification, the entity F1 against the
+    reference's tags for NER. A diagnostic of the teacher's label quality (NaN for no rows)."""
+    return task.agreement(rows, task.predict(reference, rows)) if rows else float("nan")
 
 
 # ----------------------------------------------------------------------------- prompts
@@ -251,14 +302,19 @@ def preset(method: str, base: EvoKDConfig | None = None) -> EvoKDConfig:
     from dataclasses import replace
 
     base = base or EvoKDConfig()
+    # the same requests, rounds and budget with no feedback at all: static generation
+    static = {"analysis": False, "feedback_wrong": 0, "feedback_correct": 0, "stances": ()}
     changes = {
         "EvoKD": {},
         "EvoKD w/o analysis": {"analysis": False},
         "EvoKD w/o stances": {"stances": ()},
         "EvoKD + valuation": {"valuation": "knn_shapley"},
         "EvoKD + value feedback": {"feedback": "value"},
-        # the same requests, rounds and budget with no feedback at all: static generation
-        "static generation": {"analysis": False, "feedback_wrong": 0, "feedback_correct": 0, "stances": ()},
+        "EvoKD + relabel": {"relabel": True},
+        "static generation": static,
+        # controlled variants: the full-data reference labels what the teacher writes
+        "EvoKD (reference labels)": {"labels": "reference"},
+        "static generation (reference labels)": {**static, "labels": "reference"},
     }
     if method not in changes:
         raise ValueError(f"unknown EvoKD method {method!r}; known: {sorted(changes)}")
@@ -325,14 +381,26 @@ def _text(row: dict) -> str:
     return row["text"] if "text" in row else " ".join(row["tokens"])
 
 
-def run_identity(cfg: EvoKDConfig, teacher, task) -> str:
+def run_identity(cfg: EvoKDConfig, teacher, task, reference=None) -> str:
     """What a checkpoint must match to be resumed: the configuration (less its stopping rule), the
-    teacher (backend, model, revision) and the student's settings."""
+    teacher (backend, model, revision), the student's settings and, when it labels the samples, the
+    reference classifier's weights."""
     student = getattr(task, "config", None)
     # a run may resume on another device: the device is no part of its identity
     settings = {k: v for k, v in asdict(student).items() if k != "device"} if student is not None else None
     payload = {"config": cfg.fingerprint(), "teacher": teacher.identity(), "student": settings}
+    if cfg.labels == "reference":
+        payload["reference"] = _weights_fingerprint(reference)
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _weights_fingerprint(model) -> str:
+    """A hash of a student's weights: which reference classifier labelled a run's samples."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.net.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _save(folder: Path, state: EvoKDState, cfg: EvoKDConfig, identity: str) -> None:
@@ -355,14 +423,20 @@ def _load(folder: Path, identity: str, seeds: list[dict]) -> EvoKDState | None:
 
 
 def run(teacher, task, seeds: Sequence[dict], cfg: EvoKDConfig | None = None, *, evaluate_on=None,
-        checkpoint_dir: str | Path | None = None, progress: bool = True):
-    """Run (or resume) EvoKD; returns (final student, state). `seeds` are the k-shot gold rows."""
+        reference=None, checkpoint_dir: str | Path | None = None, progress: bool = True):
+    """Run (or resume) EvoKD; returns (final student, state). `seeds` are the k-shot gold rows.
+
+    `reference`: a classifier (or tagger) trained on the full gold data. Given, each round's history
+    records how often the teacher's labels agree with it (`reference_agreement`); with
+    ``cfg.labels == "reference"`` (required there) it also replaces those labels."""
     cfg = cfg or EvoKDConfig()
     seed_rows = [{**{f: r[f] for f in task.fields}, "origin": "seed"} for r in seeds]
     if not seed_rows:
         raise ValueError("EvoKD needs a non-empty seed set")
+    if cfg.labels == "reference" and reference is None:
+        raise ValueError("EvoKDConfig.labels='reference' needs run(..., reference=<classifier trained on the full data>)")
     folder = Path(checkpoint_dir) if checkpoint_dir else None
-    identity = run_identity(cfg, teacher, task)
+    identity = run_identity(cfg, teacher, task, reference)
     state = (_load(folder, identity, seed_rows) if folder else None) or EvoKDState(pool=seed_rows)
     t = teacher  # its ledger shows what this process really computed; state.tokens is the run's full bill
     student = task.train(_examples(task, state.pool), cfg.seed)
@@ -381,6 +455,12 @@ def run(teacher, task, seeds: Sequence[dict], cfg: EvoKDConfig | None = None, *,
         rng = random.Random(f"{cfg.seed}/{r}")
         right, wrong, pool_acc = _feedback(task, cfg, student, state.pool, rng, seed_rows)
         analysis, new, report, tokens, prompts = _new_samples(t, task, cfg, state, right, wrong, seed=cfg.seed * 1000 + r)
+        agreement = None
+        if reference is not None and new:
+            verdicts = task.predict(reference, new)
+            agreement = task.agreement(new, verdicts)  # of the teacher's own labels, before any replacement
+            if cfg.labels == "reference":
+                new = task.with_labels(new, verdicts)
         if cfg.relabel and new:
             agrees = task.relabel(t, new, seed_rows)
             for x, ok in zip(new, agrees):
@@ -400,7 +480,8 @@ def run(teacher, task, seeds: Sequence[dict], cfg: EvoKDConfig | None = None, *,
             state.analyses.append(analysis)
         state.pool += [{**x, "origin": f"round {r}"} for x in new]
         student = task.train(_examples(task, state.pool), cfg.seed)
-        state.history.append(_history_row(task, student, state, evaluate_on, len(new), pool_acc, report))
+        state.history.append({**_history_row(task, student, state, evaluate_on, len(new), pool_acc, report),
+                              "reference_agreement": agreement})
         state.examples.append({"round": r, "analysis": analysis, "prompt": prompts[0][0]["content"],
                                "samples": new[:6], "rejected": report.rejected[:6]})
         if folder:

@@ -27,6 +27,8 @@ def test_config_is_validated_and_fingerprint_ignores_the_stopping_rule():
         evokd.EvoKDConfig(feedback="best")
     with pytest.raises(ValueError, match="per_round"):
         evokd.EvoKDConfig(per_round=0)
+    with pytest.raises(ValueError, match="labels must be 'teacher' or 'reference'"):
+        evokd.EvoKDConfig(labels="oracle")
     base = evokd.EvoKDConfig()
     assert base.fingerprint() == evokd.EvoKDConfig(rounds=9, max_tokens=100).fingerprint()
     assert base.fingerprint() != evokd.EvoKDConfig(analysis=False).fingerprint()
@@ -38,6 +40,38 @@ def test_presets():
     assert static.rounds == 7 and not static.analysis and static.feedback_wrong == 0
     with pytest.raises(ValueError, match="known"):
         evokd.preset("EvoKD++")
+    controlled = evokd.preset("static generation (reference labels)")
+    assert controlled.labels == "reference" and not controlled.analysis and controlled.stances == ()
+    assert evokd.preset("EvoKD (reference labels)").analysis and evokd.preset("EvoKD + relabel").relabel
+
+
+def test_reference_labels_need_a_reference():
+    task = evokd.ClassificationTask(SPEC, StudentConfig())
+    with pytest.raises(ValueError, match="needs run\\(..., reference="):
+        evokd.run(Named("a"), task, SEEDS, evokd.preset("EvoKD (reference labels)"))
+
+
+def test_agreement_and_relabelling_are_per_task():
+    task = evokd.ClassificationTask(SPEC, StudentConfig())
+    assert task.agreement(SEEDS, ["negative", "positive", "positive", "positive"]) == 0.75
+    assert [r["label"] for r in task.with_labels(SEEDS[:2], ["positive", "negative"])] == ["positive", "negative"]
+    ner = evokd.NERTask(TYPES, StudentConfig())
+    row = {"tokens": ["Angela", "Merkel", "visited", "Paris", "."], "tags": ["B-PER", "I-PER", "O", "B-LOC", "O"]}
+    assert ner.agreement([row], [row["tags"]]) == 1.0
+    # the reference finds PER only: the teacher's LOC is a false positive, precision 1/2, recall 1
+    assert ner.agreement([row], [["B-PER", "I-PER", "O", "O", "O"]]) == pytest.approx(2 / 3)
+    assert ner.with_labels([row], [["O"] * 5])[0] == {**row, "tags": ["O"] * 5}
+
+
+def test_training_memo_trains_once_per_rows_and_seed_and_forgets_the_oldest():
+    memo, calls = evokd.TrainingMemo(size=2), []
+
+    def train(tag):
+        return lambda: calls.append(tag) or tag
+
+    assert memo.get(SEEDS, 0, train("a")) == "a" and memo.get(SEEDS, 0, train("b")) == "a"
+    assert memo.get(SEEDS, 1, train("c")) == "c" and memo.get(SEEDS[:2], 0, train("d")) == "d"
+    assert memo.get(SEEDS, 0, train("e")) == "e" and calls == ["a", "c", "d", "e"]
 
 
 def test_prompts_show_mistakes_analysis_and_stance():
@@ -186,3 +220,31 @@ def test_ner_round_runs_on_conll(mirror, tmp_path):
 def test_entity_types_from_tag_names():
     assert list(evokd.entity_types(["O", "B-PER", "I-PER", "B-GENE", "I-GENE"])) == ["PER", "GENE"]
     assert evokd.entity_types(["B-GENE"])["GENE"] == "an entity of type GENE"
+
+
+@pytest.mark.slow
+def test_reference_labels_replace_the_teachers_and_name_the_run(tmp_path):
+    import torch
+
+    from kdlib.teacher import make_teacher
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        task = evokd.ClassificationTask(SPEC, StudentConfig(epochs=1, min_steps=2, max_steps=2))
+        reference = task.train(SEEDS, 5)  # any classifier serves: the test is that its labels are the ones used
+        teacher = make_teacher(batch_size=4, cache_path=tmp_path / "c.sqlite", progress=False)
+        cfg = evokd.preset("EvoKD (reference labels)", evokd.EvoKDConfig(
+            rounds=1, per_round=4, samples_per_request=2, analysis_max_new_tokens=24, generate_max_new_tokens=128))
+        _, state = evokd.run(teacher, task, SEEDS, cfg, reference=reference, checkpoint_dir=tmp_path / "ckpt",
+                             progress=False)
+        new = [r for r in state.pool if r["origin"] != "seed"]
+        assert new, "the teacher wrote no parsable sample"
+        assert [r["label"] for r in new] == reference.predict_labels([r["text"] for r in new])
+        assert 0 <= state.history[1]["reference_agreement"] <= 1
+        # the same run labelled by another reference is another run: its checkpoint is not resumed
+        with pytest.raises(ValueError, match="another configuration"):
+            evokd.run(teacher, task, SEEDS, cfg, reference=task.train(SEEDS, 6), checkpoint_dir=tmp_path / "ckpt",
+                      progress=False)
+    finally:
+        torch.set_num_threads(threads)
