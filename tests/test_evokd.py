@@ -63,15 +63,18 @@ def test_agreement_and_relabelling_are_per_task():
     assert ner.with_labels([row], [["O"] * 5])[0] == {**row, "tags": ["O"] * 5}
 
 
-def test_training_memo_trains_once_per_rows_and_seed_and_forgets_the_oldest():
+def test_training_memo_trains_once_per_rows_and_seed_and_forgets_the_least_recently_used():
     memo, calls = evokd.TrainingMemo(size=2), []
 
     def train(tag):
         return lambda: calls.append(tag) or tag
 
     assert memo.get(SEEDS, 0, train("a")) == "a" and memo.get(SEEDS, 0, train("b")) == "a"
-    assert memo.get(SEEDS, 1, train("c")) == "c" and memo.get(SEEDS[:2], 0, train("d")) == "d"
-    assert memo.get(SEEDS, 0, train("e")) == "e" and calls == ["a", "c", "d", "e"]
+    assert memo.get(SEEDS, 1, train("c")) == "c"
+    assert memo.get(SEEDS, 0, train("x")) == "a"  # a hit: (SEEDS, 0) is now the most recently used
+    assert memo.get(SEEDS[:2], 0, train("d")) == "d"  # evicts (SEEDS, 1)
+    assert memo.get(SEEDS, 0, train("y")) == "a" and memo.get(SEEDS, 1, train("e")) == "e"
+    assert calls == ["a", "c", "d", "e"]
 
 
 def test_prompts_show_mistakes_analysis_and_stance():
