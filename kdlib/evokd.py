@@ -153,7 +153,7 @@ class ClassificationTask:
         return student.embed([r["text"] for r in rows], normalize=True)
 
     def evaluate(self, student, dataset) -> dict:
-        return student.evaluate(dataset)
+        return self.trained.evaluate(student, dataset)
 
     def relabel(self, teacher, rows: Sequence[dict], shots: Sequence[dict]) -> list[bool]:
         """Whether a separate few-shot labelling query agrees with each row's label."""
@@ -239,29 +239,41 @@ class NERTask:
         raise ValueError("data valuation (KNN-Shapley) is implemented for classification only")
 
     def evaluate(self, student, dataset) -> dict:
-        return student.evaluate(dataset)
+        return self.trained.evaluate(student, dataset)
 
     def relabel(self, teacher, rows: Sequence[dict], shots: Sequence[dict]) -> list[bool]:
         raise ValueError("relabel is implemented for classification only")
 
 
 class TrainingMemo:
-    """The students a task trained most recently used, by (training rows, seed). Every method compared
-    on one seed set starts from the same round-0 student, and training is deterministic given its rows
-    and seed: the notebook's runs share that student instead of retraining it once per method. A round
-    that adds nothing also reuses the student it has. Least recently used students go first (a MiniLM
-    student is ~90 MB)."""
+    """The students a task trained most recently used, by (training rows, seed), and their scores.
+    Every method compared on one seed set starts from the same round-0 student, and training is
+    deterministic given its rows and seed: the notebook's runs share that student, and its test
+    score, instead of training and evaluating it once per method. A round that adds nothing also
+    reuses the student it has. Least recently used students go first (a MiniLM student is ~90 MB)."""
 
     def __init__(self, size: int = 12):
         self.size, self.students = size, {}
+        self.scores = {}  # (id(student), id(dataset)) -> (dataset, scores); only for remembered students
 
     def get(self, rows: Sequence[dict], seed: int, train):
         key = hashlib.sha256(json.dumps([rows, seed], sort_keys=True, ensure_ascii=False).encode()).hexdigest()
         student = self.students.pop(key) if key in self.students else train()
         self.students[key] = student  # (re)inserted last: the most recently used
         while len(self.students) > self.size:
-            self.students.pop(next(iter(self.students)))
+            gone = id(self.students.pop(next(iter(self.students))))
+            # an id can be reused once its object is freed: forget the scores of a forgotten student
+            self.scores = {k: v for k, v in self.scores.items() if k[0] != gone}
         return student
+
+    def evaluate(self, student, dataset) -> dict:
+        """``student.evaluate(dataset)``, computed once while the student is remembered."""
+        if not any(s is student for s in self.students.values()):
+            return student.evaluate(dataset)
+        key = (id(student), id(dataset))
+        if key not in self.scores:  # the dataset is kept with its scores, so its id stays its own
+            self.scores[key] = (dataset, student.evaluate(dataset))
+        return self.scores[key][1]
 
 
 def label_agreement(task, reference, rows: Sequence[dict]) -> float:

@@ -77,6 +77,27 @@ def test_training_memo_trains_once_per_rows_and_seed_and_forgets_the_least_recen
     assert calls == ["a", "c", "d", "e"]
 
 
+class Scored:
+    def __init__(self):
+        self.calls = 0
+
+    def evaluate(self, dataset):
+        self.calls += 1
+        return {"macro_f1": len(dataset) / 10}
+
+
+def test_training_memo_evaluates_a_remembered_student_once_per_dataset():
+    memo, test, other = evokd.TrainingMemo(size=1), [1, 2, 3], [1]
+    kept = memo.get(SEEDS, 0, Scored)
+    assert memo.evaluate(kept, test) == memo.evaluate(kept, test) == {"macro_f1": 0.3} and kept.calls == 1
+    assert memo.evaluate(kept, other) == {"macro_f1": 0.1} and kept.calls == 2
+    stranger = Scored()  # not trained through the memo: evaluated every time
+    memo.evaluate(stranger, test), memo.evaluate(stranger, test)
+    assert stranger.calls == 2
+    memo.get(SEEDS, 1, Scored)  # evicts `kept`, and its scores with it
+    assert memo.scores == {} and memo.evaluate(kept, test) == {"macro_f1": 0.3} and kept.calls == 3
+
+
 def test_prompts_show_mistakes_analysis_and_stance():
     task = evokd.ClassificationTask(SPEC, StudentConfig())
     right = [(SEEDS[2], "positive")]
