@@ -72,6 +72,7 @@ class EvoKDConfig:
     analysis_max_new_tokens: int = 120
     generate_max_new_tokens: int = 256
     max_tokens: int | None = None    # stop once the teacher tokens spent so far reach this budget
+    structured: bool = False         # ask for JSON / markup and constrain the teacher's answer to its grammar
     seed: int = 0
 
     def __post_init__(self):
@@ -92,6 +93,8 @@ class EvoKDConfig:
     def fingerprint(self) -> str:
         """Identity of a run: everything but when to stop (`rounds`, `max_tokens`), so a run can be extended."""
         settings = {k: v for k, v in asdict(self).items() if k not in ("rounds", "max_tokens")}
+        if not self.structured:  # added later: runs made before it keep their identity
+            del settings["structured"]
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -132,10 +135,19 @@ class ClassificationTask:
             return f'"{text}" (label: {row["label"]})'
         return f'"{text}" (correct label: {row["label"]}; the model said: {pred})'
 
-    def output_format(self, n: int, stance: str | None) -> str:
+    def output_format(self, n: int, stance: str | None, structured: bool = False) -> str:
         kind = STANCES[stance] if stance else "examples"
+        if structured:
+            return (f"Write {n} new {kind}, each with its correct label. Answer with one JSON object "
+                    '{"samples": [{"text": "...", "label": "..."}, ...]}, and nothing else.')
         return (f"Write {n} new {kind}, each with its correct label. Answer with one JSON object per line, "
                 'like {"text": "...", "label": "..."}, and nothing else.')
+
+    def output_grammar(self, n: int) -> str:
+        """The grammar of a structured answer: {"samples": [n {text, label from the label set}]}."""
+        from kdlib.structured import json_schema, sample_schema
+
+        return json_schema(sample_schema(self.labels, items=n))
 
     def parse(self, outputs: Sequence[str]) -> ParseReport:
         return parse_classification([split_inline_list(o) for o in outputs], self.labels, min_chars=10)
@@ -203,10 +215,16 @@ class NERTask:
             return text
         return f"{text}   (the model marked: {to_markup(row['tokens'], pred)})"
 
-    def output_format(self, n: int, stance: str | None) -> str:
+    def output_format(self, n: int, stance: str | None, structured: bool = False) -> str:
         kind = STANCES[stance] if stance else "examples"
         return (f"Write {n} new sentences as {kind}. Mark every entity as [entity text](TYPE), for example "
                 "[Angela Merkel](PER) visited [Paris](LOC). One sentence per line, nothing else.")
+
+    def output_grammar(self, n: int) -> str:
+        """The grammar of a structured answer: n lines of words and [entity](TYPE) marks of known types."""
+        from kdlib.structured import markup_grammar
+
+        return markup_grammar(list(self.types), lines=n)
 
     def parse(self, outputs: Sequence[str]) -> ParseReport:
         return parse_ner([split_inline_list(o) for o in outputs], list(self.types), min_tokens=3)
@@ -299,13 +317,13 @@ def analysis_prompt(task, right: Sequence[tuple[dict, str]], wrong: Sequence[tup
 
 
 def generation_prompt(task, analysis: str | None, wrong: Sequence[tuple[dict, str]], n: int,
-                      stance: str | None) -> list[dict]:
+                      stance: str | None, structured: bool = False) -> list[dict]:
     lines = [task.describe(), ""]
     if analysis:
         lines += ["Analysis of its weaknesses: " + " ".join(analysis.split()), ""]
     if wrong:
         lines += ["Examples it got wrong:"] + [f"{i}. {task.show(r, p)}" for i, (r, p) in enumerate(wrong, 1)] + [""]
-    lines.append(task.output_format(n, stance))
+    lines.append(task.output_format(n, stance, structured))
     return [{"role": "user", "content": "\n".join(lines)}]
 
 
@@ -376,9 +394,10 @@ def _new_samples(teacher, task, cfg: EvoKDConfig, state: EvoKDState, right, wron
         analysis, tokens = " ".join(out.text.split()), out.prompt_tokens + out.completion_tokens
     stances = cfg.stances or (None,)
     per_request = max(1, round(cfg.per_round / (len(stances) * cfg.samples_per_request)))
-    prompts = [generation_prompt(task, analysis, wrong, per_request, s) for s in stances]
+    prompts = [generation_prompt(task, analysis, wrong, per_request, s, cfg.structured) for s in stances]
+    grammar = {"grammar": task.output_grammar(per_request)} if cfg.structured else {}
     outs = teacher.generate(prompts, n=cfg.samples_per_request, seed=seed, temperature=cfg.temperature,
-                            max_new_tokens=cfg.generate_max_new_tokens)
+                            max_new_tokens=cfg.generate_max_new_tokens, **grammar)
     tokens += sum(c.prompt_tokens + c.completion_tokens for c in outs)
     report = ParseReport()
     for k, stance in enumerate(stances):

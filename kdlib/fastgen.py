@@ -98,7 +98,8 @@ def _check_float(name: str, value, rule: str, ok: Callable[[float], bool]) -> No
 
 def generate(model, prompts: list[list[int]], params: SamplingParams, seeds: list[int] | None = None,
              batch_size: int = 32, eos_token_ids: list[int] | None = None, pad_token_id: int | None = None,
-             stats: dict | None = None, share_prefix: bool = True) -> list[GenerationOutput]:
+             stats: dict | None = None, share_prefix: bool = True, constraints: list | None = None
+             ) -> list[GenerationOutput]:
     """Outputs in the order of `prompts`. Each prompt i with seeds[i] samples from its own torch.Generator,
     so a sample depends only on (prompt, params, seed), never on which other prompts shared its batch.
 
@@ -107,7 +108,8 @@ def generate(model, prompts: list[list[int]], params: SamplingParams, seeds: lis
     decoding ignores seeds. Out-of-memory errors halve `batch_size` and carry on with the unfinished
     prompts. `stats`, if given, is filled with counters (forward passes, final batch size, fallback).
     `share_prefix` computes the prompts' common prefix (a chat template's system prompt) once instead of
-    once per prompt.
+    once per prompt. `constraints` (one `kdlib.structured.Constraint` or None per prompt) restricts a
+    prompt's tokens to its grammar; a row ends when its grammar allows nothing more.
     """
     prompts = _check_prompts(prompts)
     _check_int("batch_size", batch_size, minimum=1)
@@ -119,16 +121,24 @@ def generate(model, prompts: list[list[int]], params: SamplingParams, seeds: lis
         return []
     stats.update(prefill_calls=0, decode_steps=0, batch_size=batch_size, fallback=not supports_fast_path(model))
     results: list[GenerationOutput | None] = [None] * len(prompts)
+    if constraints is not None and len(constraints) != len(prompts):
+        raise ValueError(f"constraints has {len(constraints)} entries for {len(prompts)} prompts; give one per prompt")
+    if constraints is not None and all(c is None for c in constraints):
+        constraints = None
+    if stats["fallback"] and constraints is not None:
+        raise ValueError("structured generation needs fastgen's engine; this model's cache layout falls back to "
+                         "HF generate, which kdlib does not constrain")
     if stats["fallback"]:
         run = _fallback_runner(model, prompts, params, seeds, stop_ids, pad_id, results)
     else:
-        run = _engine_runner(model, prompts, params, seeds, stop_ids, pad_id, results, stats, share_prefix)
+        run = _engine_runner(model, prompts, params, seeds, stop_ids, pad_id, results, stats, share_prefix,
+                             constraints)
     stats["batch_size"] = run_halving_on_oom(run, batch_size, _device_of(model))
     return results
 
 
 def _engine_runner(model, prompts, params, seeds, stop_ids, pad_id, results, stats,
-                   share_prefix: bool) -> Callable[[int], None]:
+                   share_prefix: bool, constraints=None) -> Callable[[int], None]:
     """A `run(batch_size)` that decodes every prompt without a result yet; safe to call again after OOM."""
     def run(batch_size: int) -> None:
         todo = [i for i in range(len(prompts)) if results[i] is None]
@@ -136,7 +146,7 @@ def _engine_runner(model, prompts, params, seeds, stop_ids, pad_id, results, sta
         # and prefill groups drawn from neighbours share the most.
         todo.sort(key=lambda i: prompts[i])
         engine = _Engine(model, prompts, todo, params, seeds, stop_ids, pad_id, batch_size, results, stats,
-                         share_prefix)
+                         share_prefix, constraints)
         with torch.inference_mode():
             engine.run()
     return run
@@ -349,15 +359,40 @@ def select_tokens(logits: torch.Tensor, params: SamplingParams, generators: list
     """Next token per row of `logits` [rows, vocab]: argmax, or one draw from each row's own generator."""
     if params.greedy:
         return logits.argmax(-1)
-    probs = sampling_probs(logits, params)
+    return draw(sampling_probs(logits, params), generators)
+
+
+def draw(probs: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+    """One token per row of unnormalised `probs` [rows, vocab], each from its row's own generator."""
     # One uniform per row from that row's generator, then inverse-CDF sampling: the draw a row consumes
     # does not depend on the other rows, which is what makes samples independent of batch composition.
-    u = torch.stack([torch.rand((), generator=g, device=logits.device) for g in generators])
+    u = torch.stack([torch.rand((), generator=g, device=probs.device) for g in generators])
     cdf = probs.double().cumsum(-1)  # float64: the last entry is a faithful total over a large vocabulary
     target = (u.double() * cdf[:, -1]).unsqueeze(-1)
     # right=True returns the first index whose cdf exceeds the target: never a zero-probability token.
     picked = torch.searchsorted(cdf, target, right=True).squeeze(-1)
-    return picked.clamp_(max=logits.shape[-1] - 1)
+    return picked.clamp_(max=probs.shape[-1] - 1)
+
+
+def select_constrained(logits: torch.Tensor, params: SamplingParams, rows: list) -> torch.Tensor:
+    """`select_tokens`, then rows with a grammar whose pick it does not allow pick again among the allowed
+    tokens (`kdlib.structured.constrain`: exactly constrained greedy / sampling). Rows: `_Row`s."""
+    picked = select_tokens(logits, params, [r.generator for r in rows])
+    matchers = [r.matcher for r in rows]
+    if all(m is None for m in matchers):
+        return picked
+    from kdlib.structured import constrain
+
+    def repick(idx: list[int], masked: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        if params.greedy:
+            return masked.argmax(-1)
+        probs = sampling_probs(logits.index_select(0, torch.tensor(idx, device=logits.device)), params) * allowed
+        empty = probs.sum(-1) == 0   # the filters (top-p, min-p, ...) cut every allowed token: filter the masked ones
+        if empty.any():
+            probs[empty] = sampling_probs(masked[empty], params)
+        return draw(probs, [rows[i].generator for i in idx])
+
+    return constrain(logits, picked, matchers, repick)
 
 
 def sampling_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
@@ -468,6 +503,7 @@ def _slot_cache(window: _Window, buffers: list[tuple[torch.Tensor, torch.Tensor]
 class _Row:
     prompt: int                        # index into prompts
     generator: torch.Generator | None  # None when greedy
+    matcher: object | None = None      # kdlib.structured.RowMatcher when the row follows a grammar
     tokens: list[int] = field(default_factory=list)
 
 
@@ -479,8 +515,9 @@ class _Engine:
     """
 
     def __init__(self, model, prompts, todo, params, seeds, stop_ids, pad_id, batch_size, results, stats,
-                 share_prefix=True):
+                 share_prefix=True, constraints=None):
         self.model, self.prompts, self.params, self.seeds = model, prompts, params, seeds
+        self.constraints = constraints
         self.stop_ids, self.pad_id, self.max_rows = stop_ids, pad_id, batch_size
         self.results, self.stats = results, stats
         self.device = _device_of(model)
@@ -518,8 +555,9 @@ class _Engine:
     def _admit(self, lo: int, hi: int, anchor: Anchor | None) -> None:
         """Prefill sorted prompts lo..hi-1, record rows finished by their first token, place the rest."""
         logits, cache, width = self._prefill(lo, hi, anchor)
-        rows = [_Row(self.order[k], self._generator(self.order[k])) for k in range(lo, hi)]
-        tokens = select_tokens(logits, self.params, [r.generator for r in rows])
+        rows = [_Row(self.order[k], self._generator(self.order[k]), self._matcher(self.order[k]))
+                for k in range(lo, hi)]
+        tokens = select_constrained(logits, self.params, rows)
         alive = self._record(rows, tokens.tolist())
         if not alive:
             return
@@ -600,6 +638,10 @@ class _Engine:
         return self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
                           past_key_values=cache, use_cache=True, **extra)
 
+    def _matcher(self, prompt: int):
+        constraint = self.constraints[prompt] if self.constraints is not None else None
+        return constraint.matcher() if constraint is not None else None
+
     def _generator(self, prompt: int) -> torch.Generator | None:
         if self.params.greedy:
             return None
@@ -638,7 +680,7 @@ class _Engine:
         out = self._forward(self.next_tokens.unsqueeze(1), mask, positions, self.cache)
         w.end += 1
         self.stats["decode_steps"] += 1
-        tokens = select_tokens(out.logits[:, -1, :], self.params, [r.generator for r in self.rows])
+        tokens = select_constrained(out.logits[:, -1, :], self.params, self.rows)
         alive = self._record(self.rows, tokens.tolist())
         self._retire(alive, tokens)
 
@@ -647,8 +689,10 @@ class _Engine:
         alive = []
         for j, (row, tok) in enumerate(zip(rows, tokens)):
             row.tokens.append(tok)
-            if tok in self.stop_ids or len(row.tokens) >= self.params.max_new_tokens:
-                reason = "stop" if tok in self.stop_ids else "length"
+            # A grammar that allows nothing more ends the row as end-of-sequence would.
+            stopped = tok in self.stop_ids or (row.matcher is not None and row.matcher.done)
+            if stopped or len(row.tokens) >= self.params.max_new_tokens:
+                reason = "stop" if stopped else "length"
                 self.results[row.prompt] = GenerationOutput(row.tokens, reason, len(self.prompts[row.prompt]))
             else:
                 alive.append(j)

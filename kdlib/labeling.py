@@ -119,16 +119,22 @@ def _tokens(ledger) -> tuple[int, int]:
 def annotate_generate(teacher, texts: Sequence[str], label_names: Sequence[str],
                       shots: Sequence[tuple[str, str]] = (), n: int = 1, seed: int = 0,
                       temperature: float = 0.7, max_new_tokens: int = 5, task: str = "",
-                      method: str = "generate", decoding: dict | None = None) -> Annotation:
+                      method: str = "generate", decoding: dict | None = None, structured: bool = False
+                      ) -> Annotation:
     """Ask the teacher for each text's label; ``n > 1`` samples at `temperature` and takes the
     majority vote (self-consistency), ``n == 1`` decodes greedily. `decoding` adds or overrides
     generation knobs (`kdlib.decoding.STRATEGIES`: min_p, typical_p, adaptive_temperature, contrastive).
 
-    Tokens are counted on a private ledger, so each method's cost is its own.
+    Tokens are counted on a private ledger, so each method's cost is its own. `structured` constrains the
+    answer to one of the label names (a grammar locally; an endpoint gets the schema {"enum": names}).
     """
     t = teacher.with_cache(teacher.cache)
     prompts = [build_prompt(x, label_names, shots, task) for x in texts]
     knobs = {"temperature": temperature if n > 1 else 0.0, **(decoding or {})}
+    if structured:
+        from kdlib.structured import json_schema
+
+        knobs["grammar"] = json_schema({"enum": list(label_names)})
     outs = t.texts(prompts, n=n, seed=seed, max_new_tokens=max_new_tokens, stop=["\n"], **knobs)
     from kdlib.parse import parse_label
 

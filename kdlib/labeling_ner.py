@@ -87,11 +87,17 @@ class NERAnnotation:
 
 def annotate(teacher, sentences: Sequence[Sequence[str]], entity_types: Sequence[str],
              shots: Sequence[tuple[Sequence[str], Sequence[str]]] = (), max_new_tokens: int = 96,
-             method: str = "ner", seed: int = 0, **decoding) -> NERAnnotation:
-    """Label every tokenised sentence with the teacher; `decoding` are GenParams knobs (greedy by default)."""
+             method: str = "ner", seed: int = 0, structured: bool = False, **decoding) -> NERAnnotation:
+    """Label every tokenised sentence with the teacher; `decoding` are GenParams knobs (greedy by default).
+    `structured` constrains the answer to one line of words and [entity](TYPE) marks of the given types
+    (`kdlib.structured.markup_grammar`)."""
     t = teacher.with_cache(teacher.cache)
     prompts = [build_prompt(s, entity_types, shots) for s in sentences]
     decoding.setdefault("temperature", 0.0)
+    if structured:
+        from kdlib.structured import markup_grammar
+
+        decoding["grammar"] = markup_grammar(list(entity_types), lines=1, max_words=max(len(s) for s in sentences) + 8)
     outs = t.texts(prompts, max_new_tokens=max_new_tokens, seed=seed, stop=["\n"], **decoding)
     tags, problems = [], Counter()
     for sent, out in zip(sentences, outs):

@@ -3,7 +3,12 @@
     python -m kdlib.openai_server --model HuggingFaceTB/SmolLM2-135M-Instruct --port 8765
 
 Serves GET /v1/models, POST /v1/completions (with echo + logprobs, for scoring) and
-POST /v1/chat/completions. No streaming. A bearer key is checked when --api-key-env
+POST /v1/chat/completions, with structured outputs (response_format json_schema). No streaming.
+
+Why it exists beside `transformers serve` (which the notebook tests run against): it can inject faults
+(below) for the client's retry tests, and it echoes prompt logprobs and honours response_format, so the
+client's scoring and structured-output paths are tested against a server that offers them (transformers
+serve 5.23 ignores echo, logprobs and response_format). A bearer key is checked when --api-key-env
 names a set environment variable (the key is never a command-line argument: those
 show up in `ps`). Model calls are serialised: the model already uses every core,
 and one request at a time keeps outputs independent of what else is in flight.
@@ -74,6 +79,15 @@ def _ints(body: dict) -> tuple[int, int, int]:
     return n, seed, top
 
 
+def _response_schema(response_format) -> dict | str:
+    """OpenAI structured outputs: {"type": "json_schema", "json_schema": {"schema": ...}} -> the schema."""
+    if response_format is None or response_format.get("type") == "text":
+        return ""
+    if response_format.get("type") != "json_schema" or not isinstance(response_format.get("json_schema"), dict):
+        raise APIError(400, f"response_format: only json_schema is supported, got {response_format!r}")
+    return response_format["json_schema"].get("schema") or ""
+
+
 def _gen_params(body: dict, default_max: int) -> GenParams:
     stop = body.get("stop") or ()
     try:
@@ -82,7 +96,8 @@ def _gen_params(body: dict, default_max: int) -> GenParams:
                          top_k=max(0, int(body.get("top_k", 0))), min_p=float(body.get("min_p", 0.0)),
                          typical_p=float(body.get("typical_p", 1.0)),
                          stop=(stop,) if isinstance(stop, str) else tuple(stop),
-                         stop_token_ids=tuple(body.get("stop_token_ids") or ()))
+                         stop_token_ids=tuple(body.get("stop_token_ids") or ()),
+                         grammar=_response_schema(body.get("response_format")))
     except (TypeError, ValueError) as exc:
         raise APIError(400, str(exc)) from None
 

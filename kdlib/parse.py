@@ -320,7 +320,7 @@ def _items(value, depth: int = 0) -> list:
         return [item for v in value for item in _items(v, depth + 1)]
     if isinstance(value, dict) and len(value) == 1:
         (key, inner), = value.items()
-        if str(key).casefold() in {"examples", "data", "items", "results", "sentences", "output"} \
+        if str(key).casefold() in {"examples", "data", "items", "results", "sentences", "output", "samples", "texts"} \
                 and isinstance(inner, list):
             return _items(inner, depth + 1)
     return [value]

@@ -68,8 +68,9 @@ class TaskSpec:
 
 
 def generation_prompt(spec: TaskSpec, label: str, per_prompt: int, examples: Sequence[str] = (),
-                      style: str = "") -> list[dict]:
-    """A chat request for `per_prompt` new texts of `label`, as a numbered list.
+                      style: str = "", structured: bool = False) -> list[dict]:
+    """A chat request for `per_prompt` new texts of `label`, as a numbered list (or, `structured`, as the
+    JSON object `output_schema` describes, which the local teacher's grammar then enforces).
 
     `examples` (real texts of the label) turn the zero-shot ZeroGen request into few-shot
     generation; `style` is one more instruction (e.g. EvoKD's easy/hard stance).
@@ -85,8 +86,18 @@ def generation_prompt(spec: TaskSpec, label: str, per_prompt: int, examples: Seq
         lines.append("Write new texts: do not copy the examples.")
     if style:
         lines.append(style)
-    lines.append("Answer with a numbered list, one text per line, and nothing else.")
+    if structured:
+        lines.append('Answer with a JSON object {"texts": [...]} holding the texts as strings, and nothing else.')
+    else:
+        lines.append("Answer with a numbered list, one text per line, and nothing else.")
     return [{"role": "user", "content": "\n".join(lines)}]
+
+
+def output_schema(per_prompt: int, min_chars: int = 10) -> dict:
+    """The JSON schema of a structured generation answer: {"texts": [per_prompt strings]}."""
+    from kdlib.structured import texts_schema
+
+    return texts_schema(per_prompt, min_chars=min_chars)
 
 
 @dataclass
@@ -110,8 +121,8 @@ def synthesize(teacher, spec: TaskSpec, per_label: int, *, examples: dict[str, S
                per_prompt: int = 5, prompts_per_label: int = 1, temperature: float = 1.0, top_p: float = 0.95,
                max_new_tokens: int = 160, max_rounds: int = 4, seed: int = 0, style: str = "",
                against: Sequence[str] = (), near_threshold: float | None = 0.7, min_chars: int = 10,
-               decoding: dict | None = None, best_of: int = 1, scorer: Callable[[str, str], float] | None = None
-               ) -> SynthResult:
+               decoding: dict | None = None, best_of: int = 1, scorer: Callable[[str, str], float] | None = None,
+               structured: bool = False) -> SynthResult:
     """`per_label` synthetic texts for every label of `spec` (fewer if `max_rounds` runs out).
 
     `examples` maps labels to real texts shown as demonstrations (few-shot) and treated as
@@ -122,7 +133,9 @@ def synthesize(teacher, spec: TaskSpec, per_label: int, *, examples: dict[str, S
     `decoding` adds generation knobs (`kdlib.teacher.GenParams` names: min_p, typical_p,
     adaptive_temperature, contrastive, ...). With ``best_of > 1`` every sample is the best of that
     many candidates under ``scorer(label, output) -> float`` (`kdlib.decoding.confidence_scorer`);
-    all candidates are billed.
+    all candidates are billed. `structured` asks for JSON ({"texts": [...]}) and constrains the answer to
+    that schema (a local teacher's grammar; an endpoint's response_format where the server honours it,
+    else the same parser reads free text): its outputs and cache rows are separate from the free ones.
     """
     if per_label < 1 or max_rounds < 1 or prompts_per_label < 1 or best_of < 1:
         raise ValueError("per_label, max_rounds, prompts_per_label and best_of must be >= 1")
@@ -133,12 +146,14 @@ def synthesize(teacher, spec: TaskSpec, per_label: int, *, examples: dict[str, S
     if unknown:
         raise ValueError(f"examples for labels {sorted(unknown)} not in {spec.label_names}")
     t = teacher.with_cache(teacher.cache)
-    requests = _requests(spec, examples, per_prompt, prompts_per_label, style, random.Random(seed))
+    requests = _requests(spec, examples, per_prompt, prompts_per_label, style, random.Random(seed), structured)
+    grammar = {"grammar": output_schema(per_prompt, min_chars)} if structured else {}
     seeds = [{"text": x} for v in examples.values() for x in v]
     # each sample yields about `per_prompt` texts; ask for enough, then more while some label is short
     samples = max(1, math.ceil(per_label / per_prompt))   # per label, over all its distinct prompts
     for rounds in range(1, max_rounds + 1):
-        params = dict(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, **(decoding or {}))
+        params = dict(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, **(decoding or {}),
+                      **grammar)
         raw = _sample(t, requests, samples, seed, params, best_of, scorer)
         rows, report = clean_outputs(raw, spec, seeds, against, near_threshold, min_chars, near_threshold)
         counts = Counter(r["label"] for r in rows)
@@ -154,7 +169,7 @@ def synthesize(teacher, spec: TaskSpec, per_label: int, *, examples: dict[str, S
 
 
 def _requests(spec: TaskSpec, examples: dict[str, list[str]], per_prompt: int, prompts_per_label: int,
-              style: str, rng: random.Random) -> list[tuple[str, list[dict]]]:
+              style: str, rng: random.Random, structured: bool = False) -> list[tuple[str, list[dict]]]:
     """(label, prompt) pairs: per label, up to `prompts_per_label` distinct draws of up to 3 demonstrations.
 
     Identical prompts would share their cache keys, hence their samples, so each label keeps
@@ -164,7 +179,7 @@ def _requests(spec: TaskSpec, examples: dict[str, list[str]], per_prompt: int, p
         shown = examples.get(label, [])
         draws = [rng.sample(shown, min(len(shown), 3)) for _ in range(prompts_per_label)] if shown else [[]]
         distinct = {tuple(d): d for d in draws}.values()
-        out += [(label, generation_prompt(spec, label, per_prompt, d, style)) for d in distinct]
+        out += [(label, generation_prompt(spec, label, per_prompt, d, style, structured)) for d in distinct]
     return out
 
 

@@ -32,6 +32,7 @@ from kdlib.models import TEACHER_ID
 from kdlib.redact import redact
 
 Prompt = str | list[dict]
+FEATURES = ("logits", "score")
 _FLOAT = (int, float)
 
 
@@ -55,8 +56,20 @@ class GenParams:
     contrastive_alpha: float = 0.1  # plausibility: keep tokens with p_expert >= alpha * max p_expert
     stop: tuple[str, ...] = ()    # output is cut before the first occurrence of any of these strings
     stop_token_ids: tuple[int, ...] = ()
+    grammar: str = ""             # structured output: a JSON schema (dict) or `kdlib.structured` spec; "" => free
 
     def __post_init__(self):
+        if isinstance(self.grammar, dict):
+            from kdlib.structured import json_schema
+
+            object.__setattr__(self, "grammar", json_schema(self.grammar))
+        if not isinstance(self.grammar, str):
+            raise TypeError(f"GenParams.grammar must be a JSON schema (dict) or a kdlib.structured spec, got "
+                            f"{type(self.grammar).__name__}")
+        if self.grammar:
+            from kdlib.structured import check_spec
+
+            check_spec(self.grammar)
         if isinstance(self.stop, str):
             object.__setattr__(self, "stop", (self.stop,))
         for name in ("stop", "stop_token_ids"):
@@ -109,7 +122,7 @@ class GenParams:
         return cls(**base)
 
 
-_LATER_KNOBS = {"typical_p": 1.0, "adaptive_temperature": 0.0, "contrastive": 0.0}
+_LATER_KNOBS = {"typical_p": 1.0, "adaptive_temperature": 0.0, "contrastive": 0.0, "grammar": ""}
 
 
 def _check_int(name: str, value, low: int) -> None:
@@ -126,6 +139,11 @@ def _check_float(name: str, value, low: float, high: float | None, open_low: boo
     if too_low or (high is not None and value > high):
         bounds = f"{'(' if open_low else '['}{low}, {high if high is not None else 'inf'}]"
         raise ValueError(f"GenParams.{name} must be in {bounds}, got {value}")
+
+
+class Unsupported(ValueError):
+    """A feature or decoding knob this backend (or the server behind it) cannot honour. Raised before any
+    work where it can be known; notebooks catch it to skip a method with a sentence instead of crashing."""
 
 
 @dataclass(frozen=True)
@@ -217,6 +235,17 @@ class Teacher:
 
     def _run_score(self, batch: list[Request]) -> list[Entry]:
         raise NotImplementedError
+
+    def unsupported(self, feature: str) -> str | None:
+        """None if this backend can do `feature`, else one sentence saying why not (for the report).
+
+        Features: "logits" (the next-token distribution: contrastive decoding, entropy-adaptive
+        temperature, calibrated scoring from logits, drafts and speculation, which also need the weights),
+        "score" (log-likelihood of a given continuation: `score`, `score_many`).
+        """
+        if feature not in FEATURES:
+            raise ValueError(f"unknown teacher feature {feature!r}; known: {', '.join(FEATURES)}")
+        return None
 
     # --- public API ---------------------------------------------------------------------------
     def generate(self, prompts: Sequence[Prompt], params: GenParams | dict | None = None, *,
@@ -339,19 +368,40 @@ def _candidate_lists(candidates, n_prompts: int) -> list[list[str]]:
     return lists
 
 
+# How a local model runs (weights, device, batching, the contrastive amateur's layers). A server runs its
+# own model, so a URL spec drops these: one call works for every spec, and a notebook need not branch.
+LOCAL_OPTIONS = frozenset({"device", "dtype", "batch_size", "commit_every", "trust_remote_code", "amateur"})
+# How an endpoint is reached. A local spec drops them, except a served model name, which would be a mistake.
+HTTP_OPTIONS = frozenset({"model", "api_key_env", "concurrency", "timeout_s", "max_retries", "backoff_s",
+                          "max_backoff_s"})
+
+
+def is_remote(spec: str) -> bool:
+    """True for an http(s)://.../v1 URL (an OpenAI-compatible server), False for an HF id or a folder."""
+    return isinstance(spec, str) and spec.startswith(("http://", "https://"))
+
+
 def make_teacher(spec: str = TEACHER_ID, **kw) -> Teacher:
     """A teacher from a spec: an HF id or local path (local backend) or an http(s)://.../v1 URL.
 
-    Local keywords: device, dtype, batch_size, revision. HTTP keywords: model, api_key_env
-    (default "OPENAI_API_KEY"; the key itself is never a parameter), concurrency, timeout_s,
-    max_retries, revision. Both: cache (False disables), cache_path, ledger, prices, progress.
+    Local keywords: device, dtype, batch_size, commit_every, trust_remote_code, amateur (`LOCAL_OPTIONS`;
+    dropped for a URL). HTTP keywords: model (the served model's name; None or "" = the only one the
+    server lists), api_key_env (default "OPENAI_API_KEY"; the key itself is never a parameter),
+    concurrency, timeout_s, max_retries (`HTTP_OPTIONS`; dropped for a local spec). Both: revision, cache
+    (False disables), cache_path, ledger, prices, progress. So every notebook makes its teacher with one
+    call, whatever the user points it at; what a backend cannot do is asked with `Teacher.unsupported`.
     """
     if not isinstance(spec, str) or not spec:
         raise TypeError(f"teacher spec must be a model id, a path or an http(s) URL, got {redact(spec)!r}")
-    if spec.startswith(("http://", "https://")):
+    if is_remote(spec):
         from kdlib.teacher_http import HTTPTeacher
 
+        kw = {k: v for k, v in kw.items() if k not in LOCAL_OPTIONS}
+        kw["model"] = kw.get("model") or None
         return HTTPTeacher(spec, **kw)
+    if kw.get("model"):
+        raise ValueError(f"model={kw['model']!r} names the model served at a URL, but the teacher {spec!r} is "
+                         "local: name the local model in the spec itself (or pass an http(s)://.../v1 URL)")
     from kdlib.teacher_local import LocalTeacher
 
-    return LocalTeacher(spec, **kw)
+    return LocalTeacher(spec, **{k: v for k, v in kw.items() if k not in HTTP_OPTIONS})

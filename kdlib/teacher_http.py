@@ -26,8 +26,12 @@ import httpx
 
 from kdlib.gen_cache import Entry
 from kdlib.redact import redact, register_key_env
-from kdlib.teacher import GenParams, Request, Teacher, cut_at_stop
+from kdlib.structured import schema_of
+from kdlib.teacher import GenParams, Request, Teacher, Unsupported, cut_at_stop
 
+# Sampling knobs outside the OpenAI protocol (vLLM, llama.cpp accept them), sent only when used: strict
+# servers reject unknown fields.
+_EXTRA_KNOBS = (("top_k", 0), ("min_p", 0.0), ("typical_p", 1.0), ("stop_token_ids", ()))
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 MAX_RETRY_AFTER_S = 300.0
 
@@ -84,6 +88,7 @@ class HTTPTeacher(Teacher):
         self._jitter = random.Random()  # timing only: never touches outputs
         super().__init__(model or "", revision, **common)  # first, so misspelt keywords fail before any I/O
         self.model = model or self._only_model()
+        self._response_format_ok = True         # until the server refuses response_format
 
     def __repr__(self) -> str:
         return f"HTTPTeacher(url={self.base_url!r}, model={self.model!r}, api_key_env={self.api_key_env!r})"
@@ -150,12 +155,27 @@ class HTTPTeacher(Teacher):
         finally:
             pool.shutdown(wait=True, cancel_futures=True)  # a permanent error stops the queued rest
 
+    def unsupported(self, feature: str) -> str | None:
+        super().unsupported(feature)
+        if feature == "logits":
+            return (f"the teacher is an OpenAI-compatible endpoint ({self.base_url}), which returns chosen tokens, "
+                    f"not the model's logits or weights")
+        # feature == "score": `score` of plain text works where the server echoes prompt logprobs (vLLM,
+        # kdlib.openai_server), but kdlib's scoring methods score chat prompts, and the chat template that
+        # turns them into text lives on the server, out of the client's sight.
+        return (f"scoring needs the log-probabilities of given answers after a chat prompt; an OpenAI-compatible "
+                f"endpoint ({self.base_url}) applies its chat template out of the client's sight and returns "
+                f"log-probabilities only of the tokens it chose")
+
     def _check_supported(self, params: GenParams) -> None:
         # The OpenAI protocol carries token choices only: these knobs need the logits on our side.
         for name, off in (("adaptive_temperature", 0.0), ("contrastive", 0.0)):
             if getattr(params, name) != off:
-                raise ValueError(f"{name} needs the model's logits, which an OpenAI-compatible endpoint does not "
-                                 f"expose: use a local teacher (HF id or path) for it, or set {name}={off}")
+                raise Unsupported(f"{name} needs the model's logits, which an OpenAI-compatible endpoint does not "
+                                  f"expose: use a local teacher (HF id or path) for it, or set {name}={off}")
+        if params.grammar and schema_of(params.grammar) is None:
+            raise Unsupported("an OpenAI-compatible endpoint takes a JSON schema (response_format), not a Lark "
+                              "grammar: use a local teacher for grammars")
 
     def _run_generate(self, batch: list[Request], params: GenParams) -> list[Entry]:
         return self._parallel(lambda r: self._one_completion(r, params), batch)
@@ -165,14 +185,37 @@ class HTTPTeacher(Teacher):
                 "top_p": params.top_p, "n": 1, "seed": r.seed}
         if params.stop:
             body["stop"] = list(params.stop)
-        # Non-OpenAI sampling knobs (vLLM, llama.cpp accept them) are sent only when used:
-        # strict servers reject unknown fields.
-        for name, off in (("top_k", 0), ("min_p", 0.0), ("typical_p", 1.0), ("stop_token_ids", ())):
-            if getattr(params, name) != off:
-                body[name] = list(getattr(params, name)) if name == "stop_token_ids" else getattr(params, name)
+        extras = [name for name, off in _EXTRA_KNOBS if getattr(params, name) != off]
+        for name in extras:
+            body[name] = list(getattr(params, name)) if name == "stop_token_ids" else getattr(params, name)
+        try:
+            return self._completion_entry(r, params, body)
+        except TeacherHTTPError as exc:
+            refused = [name for name in extras if name in str(exc)]
+            if exc.status is None or exc.status >= 500 or not refused:
+                raise
+            raise Unsupported(f"the server at {self.base_url} refuses the sampling knob(s) {refused} "
+                              f"(not part of the OpenAI protocol; vLLM and llama.cpp accept them): {exc}") from None
+
+    def _completion_entry(self, r: Request, params: GenParams, body: dict) -> Entry:
         chat = not isinstance(r.prompt, str)
         body["messages" if chat else "prompt"] = r.prompt
-        data = self.request("POST", "/chat/completions" if chat else "/completions", body)
+        path = "/chat/completions" if chat else "/completions"
+        schema = schema_of(params.grammar)
+        if schema is not None and self._response_format_ok:
+            body["response_format"] = {"type": "json_schema",
+                                       "json_schema": {"name": "answer", "schema": schema, "strict": True}}
+            try:
+                data = self.request("POST", path, body)
+            except TeacherHTTPError as exc:
+                if exc.status is None or exc.status >= 500 or "response_format" not in str(exc):
+                    raise
+                # The server refuses structured outputs: free text from now on; the parser reads it.
+                self._response_format_ok = False
+                del body["response_format"]
+                data = self.request("POST", path, body)
+        else:
+            data = self.request("POST", path, body)
         choice = (data.get("choices") or [{}])[0]
         text = (choice.get("message") or {}).get("content") if chat else choice.get("text")
         text, stopped = cut_at_stop(text or "", params.stop)  # servers differ on including stop strings
@@ -184,7 +227,7 @@ class HTTPTeacher(Teacher):
     # --- scoring -------------------------------------------------------------------------------
     def _run_score(self, batch: list[Request]) -> list[Entry]:
         if any(not isinstance(r.prompt, str) for r in batch):
-            raise NotImplementedError(
+            raise Unsupported(
                 "score over HTTP needs plain-text prompts: /v1/completions scores text, and the server's chat "
                 "template is not visible to the client. Pass the templated prompt text instead of messages.")
         return self._parallel(self._one_score, batch)
@@ -201,7 +244,7 @@ class HTTPTeacher(Teacher):
             try:  # some servers refuse max_tokens=0 but echo fine with one generated token
                 data = self.request("POST", "/completions", {**body, "max_tokens": 1})
             except TeacherHTTPError as again:
-                raise NotImplementedError(self._no_scoring(str(again))) from None
+                raise Unsupported(self._no_scoring(str(again))) from None
         lps = self._candidate_logprobs(data, len(r.prompt), len(text))
         usage = data.get("usage") or {}
         return Entry("score", None, int(usage.get("prompt_tokens", len(lps))), 0, None, {"token_logprobs": lps})
@@ -210,7 +253,7 @@ class HTTPTeacher(Teacher):
         logprobs = ((data.get("choices") or [{}])[0]).get("logprobs") or {}
         offsets, values = logprobs.get("text_offset"), logprobs.get("token_logprobs")
         if not offsets or values is None:
-            raise NotImplementedError(self._no_scoring("the response has no echoed prompt logprobs"))
+            raise Unsupported(self._no_scoring("the response has no echoed prompt logprobs"))
         ends = list(offsets[1:]) + [text_len]
         # Candidate tokens end after the prompt; tokens at or past the text's end were generated.
         return [float(v) for start, end, v in zip(offsets, ends, values)

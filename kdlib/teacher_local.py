@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from kdlib import models
 from kdlib.gen_cache import Entry
-from kdlib.teacher import GenParams, Request, Teacher, cut_at_stop
+from kdlib.teacher import GenParams, Request, Teacher, Unsupported, cut_at_stop
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,9 @@ class LocalTeacher(Teacher):
         return ident
 
     def _check_supported(self, params: GenParams) -> None:
+        if params.grammar and params.contrastive > 0:
+            raise Unsupported("structured generation and contrastive decoding do not combine here: the grammar "
+                              "constrains fastgen's engine, contrastive decoding runs its own loop")
         if params.contrastive > 0 and self.amateur is None:
             raise ValueError("contrastive decoding needs an amateur: make_teacher(..., amateur=N) uses the "
                              "teacher's first N layers, or pass a weaker model's id/path sharing its tokenizer")
@@ -178,8 +181,14 @@ class LocalTeacher(Teacher):
             return contrastive.generate(model, self.amateur_model(), prompts, sampling, params.contrastive,
                                         params.contrastive_alpha, seeds=seeds, eos_token_ids=self.eos_token_ids(),
                                         pad_token_id=tok.pad_token_id, batch_size=self.batch_size)
+        constraints = None
+        if params.grammar:
+            from kdlib.structured import Constraint
+
+            constraints = [Constraint.for_tokenizer(tok, params.grammar)] * len(prompts)
         return fastgen.generate(model, prompts, sampling, seeds=seeds, batch_size=self.batch_size,
-                                eos_token_ids=self.eos_token_ids(), pad_token_id=tok.pad_token_id)
+                                eos_token_ids=self.eos_token_ids(), pad_token_id=tok.pad_token_id,
+                                constraints=constraints)
 
     def _entry(self, out, params: GenParams) -> Entry:
         ids = out.token_ids

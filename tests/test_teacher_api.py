@@ -10,7 +10,7 @@ import pytest
 
 from kdlib.openai_server import OpenAIServer, parse_faults
 from kdlib.redact import MASK, redact, register_key_env
-from kdlib.teacher import GenParams, check_prompts, cut_at_stop, make_teacher, user
+from kdlib.teacher import GenParams, Unsupported, check_prompts, cut_at_stop, make_teacher, user
 from kdlib.teacher_http import TeacherHTTPError, _public_url, retry_after_s
 from kdlib.teacher_local import LocalTeacher, run_halving
 
@@ -137,7 +137,7 @@ def test_http_scoring_of_chat_messages_is_refused_clearly(idle_teacher, monkeypa
     server = _server(idle_teacher, monkeypatch)
     try:
         teacher = make_teacher(server.url, model="m", cache=False)
-        with pytest.raises(NotImplementedError, match="plain-text prompts"):
+        with pytest.raises(Unsupported, match="plain-text prompts"):
             teacher.score(user("Is this positive?"), ["yes", "no"])
     finally:
         server.stop()

@@ -10,7 +10,8 @@ import pytest
 
 from kdlib.openai_server import OpenAIServer, parse_faults
 from kdlib.paths import REPO_ROOT
-from kdlib.teacher import make_teacher, user
+from kdlib.teacher import Unsupported, make_teacher, user
+from kdlib.teacher_http import TeacherHTTPError
 from kdlib.teacher_local import LocalTeacher
 
 pytestmark = pytest.mark.slow
@@ -115,3 +116,46 @@ def test_server_runs_as_a_module(tmp_path):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_structured_output_goes_through_response_format(server, local):
+    client = _client(server)
+    schema = {"enum": ["negative", "positive"]}
+    prompt = [user("Is 'a dreadful, boring film' negative or positive?")]
+    remote = client.texts(prompt, max_new_tokens=6, grammar=schema)
+    assert remote == local.texts(prompt, max_new_tokens=6, grammar=schema)  # the server constrained it
+    assert remote[0].strip('"') in ("negative", "positive")
+
+
+def test_a_server_that_refuses_response_format_gets_free_text(server, local, monkeypatch):
+    client = _client(server)
+    real = client.request
+    refused = []
+
+    def strict(method, path, body=None):  # a server that rejects the field, as some do
+        if body and "response_format" in body:
+            refused.append(path)
+            raise TeacherHTTPError("POST failed: HTTP 400: unsupported field response_format", 400)
+        return real(method, path, body)
+
+    monkeypatch.setattr(client, "request", strict)
+    prompt = [user("Name a colour.")]
+    out = client.texts(prompt, max_new_tokens=6, grammar={"enum": ["red", "blue"]})
+    assert out == local.texts(prompt, max_new_tokens=6)  # free text; the caller's parser reads it
+    client.texts([user("Name a fruit.")], max_new_tokens=4, grammar={"enum": ["apple"]})
+    assert refused == ["/chat/completions"]  # asked once, then remembered
+
+
+def test_one_spec_for_local_and_remote_teachers(server):
+    local_only = {"device": "cpu", "batch_size": 4, "amateur": 8, "dtype": "auto"}
+    remote = make_teacher(server.url, model="", api_key_env=SERVER_KEY_ENV, cache=False, **local_only)
+    assert remote.backend == "http" and remote.model and remote.api_key_env == SERVER_KEY_ENV
+    assert remote.unsupported("logits") and "log-probabilities" in remote.unsupported("score")
+    with pytest.raises(Unsupported, match="logits"):
+        remote.generate(["Hi"], max_new_tokens=2, contrastive=0.5)
+    local = make_teacher(model="", api_key_env="X_KEY", cache=False, batch_size=4)
+    assert local.backend == "local" and local.unsupported("logits") is None and local.unsupported("score") is None
+    with pytest.raises(ValueError, match="names the model served at a URL"):
+        make_teacher(model="gpt-4o", cache=False)
+    with pytest.raises(ValueError, match="unknown teacher feature"):
+        local.unsupported("telepathy")

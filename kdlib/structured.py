@@ -1,0 +1,227 @@
+"""Structured generation: constrain a local teacher's tokens to a JSON schema or a Lark grammar, per row.
+
+A small teacher asked for `{"text": ..., "label": ...}` often writes prose, copies the prompt or forgets
+a field, and the parser rightly rejects it. Here the grammar decides which tokens may come next, so every
+finished answer parses: decoding picks among allowed tokens only, and end-of-sequence is allowed only
+where the grammar may end.
+
+Library: llguidance (the Rust engine behind llama.cpp's and vLLM's guidance backend). Measured here
+against xgrammar 0.2.9 on SmolLM2's 49,152-token vocabulary, a {text, label} schema, 32 rows, one CPU
+thread (/tmp scratch measurement, stop 22): computing the 32 allowed-token bitmasks took 0.74 ms per step
+with llguidance and 0.43 ms with xgrammar — both negligible beside a ~100 ms decode step — but xgrammar
+requires torch, transformers and triton (hundreds of MB of CUDA tooling on a CPU box) while llguidance is
+one dependency-free wheel. Neither library's CPU "apply the bitmask to the logits" is cheap (llguidance's
+78 ms, xgrammar's 2.7 ms, an unpack in torch 8.7 ms per step at batch 32), so `fastgen` does not apply
+masks by default: it picks tokens as usual, checks each constrained row's pick against its bitmask (one
+bit), and only rows whose pick is not allowed are masked and picked again. For greedy decoding that is
+exactly the argmax over allowed tokens; for sampling, "draw once from q, else draw from q restricted to
+the allowed set A" gives P(t) = q(t) + (1 - q(A)) q(t) / q(A) = q(t) / q(A): exactly the constrained
+distribution. So an answer the grammar allows anyway costs one bit test per row and step, and greedy
+constrained output equals unconstrained greedy output whenever the grammar allows the latter.
+
+    grammar = json_schema({"type": "object", ...})        # canonical text; part of cache keys
+    constraint = Constraint.for_tokenizer(tokenizer, grammar)
+    fastgen.generate(model, prompts, params, constraints=[constraint] * len(prompts))
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+_KINDS = ("json_schema", "lark")
+
+
+def json_schema(schema: dict | str) -> str:
+    """A grammar spec (canonical JSON text) from a JSON schema; malformed schemas fail here, by name."""
+    if isinstance(schema, str):
+        try:
+            schema = json.loads(schema)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"json_schema is not valid JSON: {exc}") from None
+    if not isinstance(schema, dict) or not schema:
+        raise ValueError(f"a JSON schema must be a non-empty object, got {schema!r}")
+    return json.dumps({"json_schema": schema}, sort_keys=True, ensure_ascii=False)
+
+
+def lark(grammar: str) -> str:
+    """A grammar spec from a Lark grammar (llguidance's dialect; `start` is the start rule)."""
+    if not isinstance(grammar, str) or "start" not in grammar:
+        raise ValueError("a Lark grammar must be a string defining the rule 'start'")
+    return json.dumps({"lark": grammar}, sort_keys=True, ensure_ascii=False)
+
+
+def check_spec(spec: str) -> None:
+    """Raise ValueError unless `spec` is a grammar spec made by `json_schema` or `lark`."""
+    try:
+        parsed = json.loads(spec)
+    except json.JSONDecodeError:
+        parsed = None
+    if not isinstance(parsed, dict) or len(parsed) != 1 or next(iter(parsed)) not in _KINDS:
+        raise ValueError(f"not a grammar spec: {spec[:80]!r}; make one with kdlib.structured.json_schema(...) "
+                         f"or kdlib.structured.lark(...)")
+
+
+def schema_of(spec: str) -> dict | None:
+    """The JSON schema inside a grammar spec (what an HTTP server's response_format takes), else None."""
+    return json.loads(spec).get("json_schema") if spec else None
+
+
+def sample_schema(label_names: Sequence[str], *, items: int = 0, min_chars: int = 10, max_chars: int = 400,
+                  text_key: str = "text", label_key: str = "label") -> dict:
+    """The schema of labelled samples: {"text", "label" from the label set}, or a list of `items` of them.
+
+    With items > 0 the answer is {"samples": [...]} of exactly that many (an object at the top: OpenAI's
+    structured outputs want one)."""
+    one = {"type": "object", "additionalProperties": False, "required": [text_key, label_key],
+           "properties": {text_key: {"type": "string", "minLength": min_chars, "maxLength": max_chars},
+                          label_key: {"enum": list(label_names)}}}
+    if items <= 0:
+        return one
+    return {"type": "object", "additionalProperties": False, "required": ["samples"],
+            "properties": {"samples": {"type": "array", "items": one, "minItems": items, "maxItems": items}}}
+
+
+def texts_schema(n: int, *, min_chars: int = 10, max_chars: int = 400) -> dict:
+    """{"texts": [n strings]}: a list of texts whose label the request already fixed."""
+    return {"type": "object", "additionalProperties": False, "required": ["texts"],
+            "properties": {"texts": {"type": "array", "minItems": n, "maxItems": n,
+                                     "items": {"type": "string", "minLength": min_chars, "maxLength": max_chars}}}}
+
+
+def markup_grammar(entity_types: Sequence[str], lines: int = 1, max_words: int = 40) -> str:
+    """A Lark grammar spec for NER markup: `lines` sentences of 3..max_words pieces, each a plain word or
+    an entity "[words](TYPE)" with TYPE one of `entity_types` (what `kdlib.parse_ner` reads)."""
+    if not entity_types or lines < 1:
+        raise ValueError("markup_grammar needs at least one entity type and one line")
+    types = " | ".join(json.dumps(t) for t in entity_types)
+    sentence = " \"\\n\" ".join(["sentence"] * lines)
+    grammar = rf"""start: {sentence}
+sentence: piece (" " piece){{2,{max_words - 1}}}
+piece: WORD | entity
+entity: "[" WORD (" " WORD){{0,5}} "](" etype ")"
+etype: {types}
+WORD: /[^\s\[\]()]{{1,30}}/
+"""
+    return lark(grammar)
+
+
+# ----------------------------------------------------------------------------- compiled constraints
+
+_TOKENIZERS: dict[int, object] = {}
+_LOCK = threading.Lock()
+
+
+def _ll_tokenizer(tokenizer):
+    """llguidance's view of an HF fast tokenizer, built once per tokenizer object (~0.5 s)."""
+    import llguidance.hf
+
+    with _LOCK:
+        key = id(tokenizer)
+        entry = _TOKENIZERS.get(key)
+        if entry is None or entry[0] is not tokenizer:
+            entry = (tokenizer, llguidance.hf.from_tokenizer(tokenizer))
+            _TOKENIZERS[key] = entry
+        return entry[1]
+
+
+def _compiled(spec: str) -> str:
+    import llguidance
+
+    parsed = json.loads(spec)
+    kind = next(iter(parsed))
+    if kind == "json_schema":
+        return llguidance.LLMatcher.grammar_from_json_schema(json.dumps(parsed[kind]))
+    if kind == "lark":
+        return llguidance.LLMatcher.grammar_from_lark(parsed[kind])
+    raise ValueError(f"unknown grammar kind {kind!r}; known: {', '.join(_KINDS)}")
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """A grammar bound to one tokenizer; `matcher()` makes the per-row state."""
+    spec: str
+    tokenizer: object       # llguidance.LLTokenizer
+    grammar: str            # llguidance's compiled grammar text
+    vocab_size: int
+
+    @classmethod
+    def for_tokenizer(cls, hf_tokenizer, spec: str) -> Constraint:
+        import llguidance
+
+        lt = _ll_tokenizer(hf_tokenizer)
+        grammar = _compiled(spec)
+        message = llguidance.LLMatcher.validate_grammar(grammar, lt)  # "" when valid
+        if message:
+            raise ValueError(f"the grammar does not compile: {message}")
+        return cls(spec, lt, grammar, lt.vocab_size)
+
+    def matcher(self) -> RowMatcher:
+        import llguidance
+
+        return RowMatcher(llguidance.LLMatcher(self.tokenizer, self.grammar), self.vocab_size)
+
+
+class RowMatcher:
+    """One row's grammar state: which tokens may come next, and the tokens consumed so far."""
+
+    def __init__(self, matcher, vocab_size: int):
+        self.matcher, self.vocab_size = matcher, vocab_size
+        self.words = (vocab_size + 31) // 32
+        self._mask: np.ndarray | None = None
+
+    def allowed_bits(self) -> np.ndarray:
+        """The packed allowed-token bitmask for the next token (int32 words, bit i of word w = token 32w+i)."""
+        if self._mask is None:
+            self._mask = np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8).view(np.int32)
+        return self._mask
+
+    def allows(self, token: int) -> bool:
+        if token >= self.vocab_size:
+            return False
+        return bool((int(self.allowed_bits()[token >> 5]) >> (token & 31)) & 1)
+
+    def allowed(self, width: int) -> torch.Tensor:
+        """Bool [width] of allowed tokens (ids past the grammar's vocabulary are never allowed)."""
+        bits = np.unpackbits(self.allowed_bits().view(np.uint8), bitorder="little")[:width]
+        out = torch.zeros(width, dtype=torch.bool)
+        out[:len(bits)] = torch.from_numpy(bits.astype(bool))
+        return out
+
+    def consume(self, token: int) -> None:
+        self._mask = None
+        if not self.matcher.consume_token(token):
+            raise RuntimeError(f"the grammar refused token {token}: {self.matcher.get_error()}")
+
+    @property
+    def done(self) -> bool:
+        """The grammar allows nothing more (the row must stop)."""
+        return self.matcher.is_stopped()
+
+    @property
+    def error(self) -> str:
+        return self.matcher.get_error() or ""
+
+
+def constrain(logits: torch.Tensor, picked: torch.Tensor, matchers: Sequence[RowMatcher | None], repick
+              ) -> torch.Tensor:
+    """Tokens per row that obey each row's grammar: a row whose `picked` token is allowed keeps it; the
+    others get `repick(rows, masked_logits)` over their allowed tokens only (see the module docstring for
+    why this is exactly constrained decoding). Consumes the final token in every matcher."""
+    tokens = picked.tolist()
+    misses = [i for i, m in enumerate(matchers) if m is not None and not m.allows(tokens[i])]
+    if misses:
+        masks = torch.stack([matchers[i].allowed(logits.shape[-1]) for i in misses]).to(logits.device)
+        rows = torch.tensor(misses, device=logits.device)
+        masked = logits.index_select(0, rows).masked_fill(~masks, float("-inf"))
+        for i, tok in zip(misses, repick(misses, masked, masks).tolist()):
+            tokens[i] = int(tok)
+    for m, tok in zip(matchers, tokens):
+        if m is not None:
+            m.consume(tok)
+    return torch.tensor(tokens, dtype=picked.dtype, device=picked.device)

@@ -1,0 +1,109 @@
+"""Structured generation (kdlib.structured + fastgen + teacher): grammars hold, greedy is unchanged where the
+grammar allows the free answer, sampling stays exact and seeded, cache keys stay apart, bad specs fail."""
+
+import json
+import re
+
+import pytest
+import torch
+
+from kdlib import fastgen, structured
+from kdlib.parse import parse_classification
+from kdlib.parse_ner import parse_ner
+from kdlib.teacher import GenParams, make_teacher, user
+
+LABELS = ["negative", "positive"]
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    t = make_teacher(batch_size=8, cache=False, progress=False)
+    t.load()
+    yield t
+    torch.set_num_threads(threads)
+
+
+def _encode(teacher, prompts):
+    return [teacher.encode(p) for p in prompts]
+
+
+def test_spec_helpers_validate_and_round_trip():
+    schema = structured.sample_schema(LABELS, items=2)
+    spec = structured.json_schema(schema)
+    assert structured.schema_of(spec) == schema and structured.json_schema(json.dumps(schema)) == spec
+    assert structured.schema_of(structured.lark('start: "a"')) is None
+    for bad in ({}, "not json", ["a"]):
+        with pytest.raises(ValueError):
+            structured.json_schema(bad)
+    with pytest.raises(ValueError, match="not a grammar spec"):
+        GenParams(grammar='{"regex": "a+"}')
+    assert GenParams(grammar=schema).grammar == spec  # a dict schema is canonicalised
+
+
+def test_grammar_changes_cache_keys_only_when_set():
+    free = GenParams(max_new_tokens=8).key_fields()
+    assert "grammar" not in free  # rows paid for before grammars existed keep their keys
+    constrained = GenParams(max_new_tokens=8, grammar={"enum": LABELS}).key_fields()
+    assert constrained["grammar"] and {k: v for k, v in constrained.items() if k != "grammar"} == free
+
+
+@pytest.mark.slow
+def test_greedy_constrained_equals_free_greedy_when_the_grammar_allows_it(teacher):
+    prompts = [user("What is the capital of France? Answer in one short sentence."),
+               user("Name a colour of the sky.")]
+    free = teacher.generate(prompts, max_new_tokens=24)
+    assert all(o.finish_reason == "stop" for o in free)
+    # A grammar that allows exactly the free answer or something else entirely.
+    for prompt, out in zip(prompts, free):
+        grammar = structured.lark(f"start: {json.dumps(out.text)} | \"I do not know.\"")
+        constrained = teacher.generate([prompt], max_new_tokens=24, grammar=grammar)[0]
+        assert constrained.text == out.text
+    # The same through fastgen directly, over token ids: identical tokens up to the end.
+    tok = teacher.tokenizer
+    ids = _encode(teacher, prompts)
+    model, _ = teacher.load()
+    plain = fastgen.generate(model, ids, fastgen.SamplingParams(max_new_tokens=24), eos_token_ids=teacher.eos_token_ids())
+    anything = structured.lark(r"start: /(.|\n)*/")
+    constraints = [structured.Constraint.for_tokenizer(tok, anything)] * len(ids)
+    same = fastgen.generate(model, ids, fastgen.SamplingParams(max_new_tokens=24), eos_token_ids=teacher.eos_token_ids(),
+                            constraints=constraints)
+    assert [o.token_ids for o in same] == [o.token_ids for o in plain]
+
+
+@pytest.mark.slow
+def test_constrained_outputs_always_parse_and_samples_are_seeded(teacher):
+    prompts = [user("Write two short movie reviews, one positive and one negative.")] * 2
+    schema = structured.sample_schema(LABELS, items=2)
+    outs = teacher.generate(prompts, max_new_tokens=120, temperature=1.0, n=2, seed=5, grammar=schema)
+    again = teacher.generate(prompts, max_new_tokens=120, temperature=1.0, n=2, seed=5, grammar=schema)
+    assert [o.text for o in outs] == [o.text for o in again]
+    for o in outs:
+        if o.finish_reason == "stop":  # a finished answer is valid JSON of the schema
+            value = json.loads(o.text)
+            assert len(value["samples"]) == 2 and all(s["label"] in LABELS for s in value["samples"])
+    finished = [o.text for o in outs if o.finish_reason == "stop"]
+    assert finished, "at least one answer should finish within 120 tokens"
+    assert len(parse_classification(finished, LABELS).kept) == 2 * len(finished)
+
+
+@pytest.mark.slow
+def test_labels_and_ner_markup_follow_their_grammars(teacher):
+    labels = teacher.texts([user("Is 'what a dreadful film' negative or positive?")] * 1, max_new_tokens=6,
+                           grammar={"enum": LABELS})
+    assert json.loads(labels[0]) in LABELS
+    spec = structured.markup_grammar(["PER", "LOC"], lines=1)
+    out = teacher.texts([user("Mark the people and places: Angela Merkel visited Paris on Monday.")],
+                        max_new_tokens=40, grammar=spec)[0]
+    piece = r"(?:[^\s\[\]()]{1,30}|\[[^\s\[\]()]{1,30}(?: [^\s\[\]()]{1,30}){0,5}\]\((?:PER|LOC)\))"
+    assert re.fullmatch(rf"{piece}(?: {piece}){{2,39}}", out), out
+    assert parse_ner(["[Angela Merkel](PER) visited [Paris](LOC) on Monday."], ["PER", "LOC"]).kept
+
+
+def test_bad_constraint_lists_are_refused(teacher):
+    model, _ = teacher.load()
+    with pytest.raises(ValueError, match="one per prompt"):
+        fastgen.generate(model, [[1, 2, 3]], fastgen.SamplingParams(max_new_tokens=2), constraints=[None, None])
+    with pytest.raises(ValueError, match="does not compile"):
+        structured.Constraint.for_tokenizer(teacher.tokenizer, structured.lark("start: %%% nonsense"))
