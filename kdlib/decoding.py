@@ -33,11 +33,26 @@ _STRATEGIES = {
     "contrastive": {"contrastive": 0.5, "contrastive_alpha": 0.1},
 }
 STRATEGIES = tuple(_STRATEGIES)
+# "<strategy> [structured]": the same knobs, with the answer constrained to the recipe's grammar (the
+# recipes take `structured=`; see `kdlib.structured`).
+STRUCTURED = " [structured]"
+
+
+def is_structured(name: str) -> bool:
+    return name.endswith(STRUCTURED)
+
+
+def needs_logits(name: str) -> bool:
+    """True when the strategy reads the next-token distribution (impossible through an OpenAI-compatible API)."""
+    knobs = strategy(name)
+    return knobs.get("contrastive", 0) > 0 or knobs.get("adaptive_temperature", 0) != 0
 
 
 def strategy(name: str, temperature: float = 0.7) -> dict:
     """GenParams knobs of a named strategy at a sampling temperature (greedy ignores it; contrastive
-    decodes greedily on its scores at temperature 0 and samples from them otherwise)."""
+    decodes greedily on its scores at temperature 0 and samples from them otherwise). A "[structured]"
+    name has its base strategy's knobs."""
+    name = name[:-len(STRUCTURED)] if is_structured(name) else name
     if name not in _STRATEGIES:
         near = difflib.get_close_matches(name, STRATEGIES, n=1)
         hint = f"; did you mean {near[0]!r}?" if near else ""

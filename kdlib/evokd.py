@@ -143,11 +143,13 @@ class ClassificationTask:
         return (f"Write {n} new {kind}, each with its correct label. Answer with one JSON object per line, "
                 'like {"text": "...", "label": "..."}, and nothing else.')
 
-    def output_grammar(self, n: int) -> str:
-        """The grammar of a structured answer: {"samples": [n {text, label from the label set}]}."""
-        from kdlib.structured import json_schema, sample_schema
+    def output_grammar(self, n: int, max_new_tokens: int = 256) -> str:
+        """The grammar of a structured answer: {"samples": [n {text, label from the label set}]}, each text
+        short enough for all n to fit in `max_new_tokens`."""
+        from kdlib.structured import chars_within, json_schema, sample_schema
 
-        return json_schema(sample_schema(self.labels, items=n))
+        longest = min(400, chars_within(max_new_tokens, n, overhead_tokens=12))
+        return json_schema(sample_schema(self.labels, items=n, min_chars=10, max_chars=max(longest, 24)), compact=True)
 
     def parse(self, outputs: Sequence[str]) -> ParseReport:
         return parse_classification([split_inline_list(o) for o in outputs], self.labels, min_chars=10)
@@ -220,11 +222,12 @@ class NERTask:
         return (f"Write {n} new sentences as {kind}. Mark every entity as [entity text](TYPE), for example "
                 "[Angela Merkel](PER) visited [Paris](LOC). One sentence per line, nothing else.")
 
-    def output_grammar(self, n: int) -> str:
-        """The grammar of a structured answer: n lines of words and [entity](TYPE) marks of known types."""
+    def output_grammar(self, n: int, max_new_tokens: int = 256) -> str:
+        """The grammar of a structured answer: n lines of words and [entity](TYPE) marks of known types,
+        each line short enough for all n to fit in `max_new_tokens` (~2 tokens per word or mark)."""
         from kdlib.structured import markup_grammar
 
-        return markup_grammar(list(self.types), lines=n)
+        return markup_grammar(list(self.types), lines=n, max_words=max(4, min(40, max_new_tokens // (2 * n) - 1)))
 
     def parse(self, outputs: Sequence[str]) -> ParseReport:
         return parse_ner([split_inline_list(o) for o in outputs], list(self.types), min_tokens=3)
@@ -329,11 +332,17 @@ def generation_prompt(task, analysis: str | None, wrong: Sequence[tuple[dict, st
 
 # ----------------------------------------------------------------------------- methods compared in the notebooks
 
+STRUCTURED_TAG = " [structured]"
+
+
 def preset(method: str, base: EvoKDConfig | None = None) -> EvoKDConfig:
-    """The configuration of a named method (the paper's ablations and the static baseline) on top of `base`."""
+    """The configuration of a named method (the paper's ablations and the static baseline) on top of `base`;
+    "<method> [structured]" is the same with `structured=True`."""
     from dataclasses import replace
 
     base = base or EvoKDConfig()
+    if method.endswith(STRUCTURED_TAG):  # any method, with answers constrained to the task's grammar
+        return replace(preset(method[:-len(STRUCTURED_TAG)], base), structured=True)
     # the same requests, rounds and budget with no feedback at all: static generation
     static = {"analysis": False, "feedback_wrong": 0, "feedback_correct": 0, "stances": ()}
     changes = {
@@ -395,7 +404,7 @@ def _new_samples(teacher, task, cfg: EvoKDConfig, state: EvoKDState, right, wron
     stances = cfg.stances or (None,)
     per_request = max(1, round(cfg.per_round / (len(stances) * cfg.samples_per_request)))
     prompts = [generation_prompt(task, analysis, wrong, per_request, s, cfg.structured) for s in stances]
-    grammar = {"grammar": task.output_grammar(per_request)} if cfg.structured else {}
+    grammar = {"grammar": task.output_grammar(per_request, cfg.generate_max_new_tokens)} if cfg.structured else {}
     outs = teacher.generate(prompts, n=cfg.samples_per_request, seed=seed, temperature=cfg.temperature,
                             max_new_tokens=cfg.generate_max_new_tokens, **grammar)
     tokens += sum(c.prompt_tokens + c.completion_tokens for c in outs)
@@ -404,10 +413,11 @@ def _new_samples(teacher, task, cfg: EvoKDConfig, state: EvoKDState, right, wron
         part = task.parse([c.text for c in outs[k * cfg.samples_per_request:(k + 1) * cfg.samples_per_request]])
         part.kept = [{**r, "stance": stance or "plain"} for r in part.kept]
         report = report.merge(part)
+    counts = {"requested": len(outs) * per_request, "parsed": len(report.kept)}
     kept, dups = dedup(report.kept, near_threshold=0.9, key=_text, against=state.pool, against_reason="copy_of_pool")
     kept, leaks = dedup(kept, near_threshold=None, key=_text, against=[{"text": t} for t in task.test_texts])
     report = report.then(dups).then(leaks)
-    return analysis, kept, report, tokens, prompts
+    return analysis, kept, report, tokens, prompts, counts
 
 
 def _text(row: dict) -> str:
@@ -487,7 +497,8 @@ def run(teacher, task, seeds: Sequence[dict], cfg: EvoKDConfig | None = None, *,
             break
         rng = random.Random(f"{cfg.seed}/{r}")
         right, wrong, pool_acc = _feedback(task, cfg, student, state.pool, rng, seed_rows)
-        analysis, new, report, tokens, prompts = _new_samples(t, task, cfg, state, right, wrong, seed=cfg.seed * 1000 + r)
+        analysis, new, report, tokens, prompts, counts = _new_samples(t, task, cfg, state, right, wrong,
+                                                                      seed=cfg.seed * 1000 + r)
         agreement = None
         if reference is not None and new:
             verdicts = task.predict(reference, new)
@@ -514,7 +525,7 @@ def run(teacher, task, seeds: Sequence[dict], cfg: EvoKDConfig | None = None, *,
         state.pool += [{**x, "origin": f"round {r}"} for x in new]
         student = task.train(_examples(task, state.pool), cfg.seed)
         state.history.append({**_history_row(task, student, state, evaluate_on, len(new), pool_acc, report),
-                              "reference_agreement": agreement})
+                              "reference_agreement": agreement, **counts})
         state.examples.append({"round": r, "analysis": analysis, "prompt": prompts[0][0]["content"],
                                "samples": new[:6], "rejected": report.rejected[:6]})
         if folder:

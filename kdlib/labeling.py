@@ -263,11 +263,28 @@ def training_rows(texts: Sequence[str], labels: Sequence[str | None]) -> list[di
 
 # ----------------------------------------------------------------------------- students
 
+def pool_problem(rows: Sequence[dict], label_names: Sequence[str]) -> str | None:
+    """Why an annotated pool is not a fair training set, or None: empty (every label rejected) or one class
+    only (a student trained on it can only predict that class)."""
+    counts = Counter(r["label"] for r in rows)
+    if not rows:
+        return "empty: every label was rejected"
+    if len(counts) == 1 and len(label_names) > 1:
+        return f"single class: all {len(rows)} kept labels are {next(iter(counts))!r}"
+    return None
+
+
 def train_students(name: str, rows, validation, test, config, seeds: Sequence[int],
                    label_names: Sequence[str]) -> list[dict]:
-    """Train one student per seed on `rows` and evaluate it on `test`: one result row per seed."""
+    """Train one student per seed on `rows` and evaluate it on `test`: one result row per seed.
+
+    An empty pool trains nothing: its rows carry NaN scores and `skipped` says why, so a table over many
+    methods goes on (bad teacher output is a result, never a crash)."""
     from kdlib.student import train_classifier
 
+    if not rows:
+        return [{"method": name, "seed": int(s), "n_train": 0, "accuracy": float("nan"), "macro_f1": float("nan"),
+                 "skipped": pool_problem(rows, label_names)} for s in seeds]
     out = []
     for s in seeds:
         student = train_classifier(rows, validation, config.replace(seed=int(s)), label_names=list(label_names))

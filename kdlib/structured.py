@@ -37,8 +37,12 @@ import torch
 _KINDS = ("json_schema", "lark")
 
 
-def json_schema(schema: dict | str) -> str:
-    """A grammar spec (canonical JSON text) from a JSON schema; malformed schemas fail here, by name."""
+def json_schema(schema: dict | str, compact: bool = False) -> str:
+    """A grammar spec (canonical JSON text) from a JSON schema; malformed schemas fail here, by name.
+
+    `compact` fixes the layout to one line with ", " and ": " separators (llguidance's x-guidance options):
+    a small model given free whitespace can spend its token budget on newlines and indentation, and an
+    answer cut by the token limit loses its last items. Servers get the schema without these options."""
     if isinstance(schema, str):
         try:
             schema = json.loads(schema)
@@ -46,6 +50,8 @@ def json_schema(schema: dict | str) -> str:
             raise ValueError(f"json_schema is not valid JSON: {exc}") from None
     if not isinstance(schema, dict) or not schema:
         raise ValueError(f"a JSON schema must be a non-empty object, got {schema!r}")
+    if compact:
+        schema = {**schema, "x-guidance": {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}}
     return json.dumps({"json_schema": schema}, sort_keys=True, ensure_ascii=False)
 
 
@@ -69,7 +75,16 @@ def check_spec(spec: str) -> None:
 
 def schema_of(spec: str) -> dict | None:
     """The JSON schema inside a grammar spec (what an HTTP server's response_format takes), else None."""
-    return json.loads(spec).get("json_schema") if spec else None
+    schema = json.loads(spec).get("json_schema") if spec else None
+    return {k: v for k, v in schema.items() if k != "x-guidance"} if schema else schema
+
+
+def chars_within(max_new_tokens: int, items: int, overhead_tokens: int = 4, chars_per_token: float = 2.5) -> int:
+    """Most characters each of `items` texts may have so that all of them, with their JSON punctuation
+    (`overhead_tokens` each), fit in `max_new_tokens`: a schema that allows longer texts lets the answer be
+    cut off by the token limit, and a cut answer loses its last items. 2.5 characters per token is on the safe
+    side for English subword vocabularies (~4 on average)."""
+    return max(16, int(chars_per_token * (max_new_tokens / max(items, 1) - overhead_tokens)))
 
 
 def sample_schema(label_names: Sequence[str], *, items: int = 0, min_chars: int = 10, max_chars: int = 400,

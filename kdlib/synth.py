@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from kdlib.dedup import dedup
 from kdlib.parse import ParseReport, parse_classification
+from kdlib.structured import json_schema
 
 # What a text of a known dataset is, and what each label means: better prompts than bare label
 # names. Any other dataset gets a generic description from its label names (override with `TaskSpec`).
@@ -93,11 +94,13 @@ def generation_prompt(spec: TaskSpec, label: str, per_prompt: int, examples: Seq
     return [{"role": "user", "content": "\n".join(lines)}]
 
 
-def output_schema(per_prompt: int, min_chars: int = 10) -> dict:
-    """The JSON schema of a structured generation answer: {"texts": [per_prompt strings]}."""
-    from kdlib.structured import texts_schema
+def output_schema(per_prompt: int, min_chars: int = 10, max_new_tokens: int = 160) -> dict:
+    """The JSON schema of a structured generation answer: {"texts": [per_prompt strings]}, each text short
+    enough for all of them to fit in `max_new_tokens` (`kdlib.structured.chars_within`)."""
+    from kdlib.structured import chars_within, texts_schema
 
-    return texts_schema(per_prompt, min_chars=min_chars)
+    longest = max(min_chars + 8, min(240, chars_within(max_new_tokens, per_prompt)))
+    return texts_schema(per_prompt, min_chars=min_chars, max_chars=longest)
 
 
 @dataclass
@@ -109,6 +112,18 @@ class SynthResult:
     tokens: int = 0                     # teacher tokens this recipe needs (cache hits included)
     tokens_spent: int = 0               # tokens computed in this run (cache misses)
     rounds: int = 0
+    requested: int = 0                  # texts asked for: teacher samples x texts per request
+
+    @property
+    def parsed(self) -> int:
+        """Texts the parser read from the outputs (before the duplicate, seed-copy and test-leak filters)."""
+        dropped = sum(v for k, v in self.report.counts.items() if k.startswith(("duplicate", "seed_copy", "test_leak")))
+        return len(self.report.kept) + dropped
+
+    @property
+    def parse_rate(self) -> float:
+        """Parsed texts / requested texts: how much of what was asked for came back in a usable form."""
+        return self.parsed / self.requested if self.requested else float("nan")
 
     def summary(self) -> dict:
         s = self.report.summary()
@@ -147,7 +162,7 @@ def synthesize(teacher, spec: TaskSpec, per_label: int, *, examples: dict[str, S
         raise ValueError(f"examples for labels {sorted(unknown)} not in {spec.label_names}")
     t = teacher.with_cache(teacher.cache)
     requests = _requests(spec, examples, per_prompt, prompts_per_label, style, random.Random(seed), structured)
-    grammar = {"grammar": output_schema(per_prompt, min_chars)} if structured else {}
+    grammar = {"grammar": json_schema(output_schema(per_prompt, min_chars, max_new_tokens), compact=True)} if structured else {}
     seeds = [{"text": x} for v in examples.values() for x in v]
     # each sample yields about `per_prompt` texts; ask for enough, then more while some label is short
     samples = max(1, math.ceil(per_label / per_prompt))   # per label, over all its distinct prompts
@@ -165,7 +180,8 @@ def synthesize(teacher, spec: TaskSpec, per_label: int, *, examples: dict[str, S
         samples = min(4 * samples, samples + math.ceil((per_label - lowest) / rate))
     balanced = balance(rows, spec.label_names, per_label, seed)
     # later rounds re-read earlier samples from the cache: bill each sample of the final set once
-    return SynthResult(balanced, report, raw, sum(r["tokens"] for r in raw), t.tokens_spent(), rounds=rounds)
+    return SynthResult(balanced, report, raw, sum(r["tokens"] for r in raw), t.tokens_spent(), rounds=rounds,
+                       requested=len(raw) * per_prompt)
 
 
 def _requests(spec: TaskSpec, examples: dict[str, list[str]], per_prompt: int, prompts_per_label: int,

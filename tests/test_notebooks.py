@@ -74,7 +74,10 @@ EXPECTED = {
         # every recipe must keep some rows, bill some tokens and judge some of its rows
         **{f"{k}/{d}/{r}": rng for d in ("sst2", "financial_phrasebank") for r in ("zerogen", "few_shot_gen")
            for k, rng in (("tokens", (50, 10**6)), ("synthetic_rows", (1, 12)), ("fidelity", (0.0, 1.0)),
-                          ("distinct2", (0.3, 1.0)))},
+                          ("distinct2", (0.3, 1.0)), ("parse_rate", (0.0, 1.5)))},
+        # the constrained recipes: their answers parse (only a cut-off answer can lose its tail)
+        **{f"{k}/{d}/{r}_structured": rng for d in ("sst2", "financial_phrasebank") for r in ("zerogen", "few_shot_gen")
+           for k, rng in (("tokens", (50, 10**6)), ("synthetic_rows", (1, 12)), ("parse_rate", (0.5, 1.0)))},
         "teacher_tokens_total": (200, 10**7),
     },
     "04_self_improvement": {
@@ -97,15 +100,19 @@ EXPECTED = {
         **{f"score/sst2/1shot/{m}": (0.0, 1.0) for m in (
             "seed_only", "static_generation", "auggpt_paraphrase", "evokd", "evokd_w_o_analysis", "evokd_w_o_stances",
             "evokd_valuation", "static_generation_reference_labels", "evokd_reference_labels",
-            "static_generation_evokd_s_tokens")},
+            "static_generation_evokd_s_tokens", "static_generation_structured", "evokd_structured")},
         **{f"score/conll2003/1shot/{m}": (0.0, 1.0) for m in (
             "seed_only", "static_generation", "evokd", "evokd_w_o_analysis", "evokd_w_o_stances",
-            "static_generation_reference_labels", "evokd_reference_labels", "static_generation_evokd_s_tokens")},
+            "static_generation_reference_labels", "evokd_reference_labels", "static_generation_evokd_s_tokens",
+            "static_generation_structured", "evokd_structured")},
+        # constrained answers parse (the grammar guarantees the format; a cut answer may still lose its tail)
+        **{f"parse_rate/{d}/1shot/{m}": (lo, 1.0) for d in ("sst2", "conll2003")
+           for m, lo in (("evokd", 0.0), ("evokd_structured", 0.5))},
         # AugGPT's paraphrases always parse in the smoke run: the reference judges some of their labels
         "label_agreement/sst2/1shot/auggpt_paraphrase": (0.0, 1.0),
         "tokens/sst2/1shot/evokd": (20, 10**6),
         "tokens/conll2003/1shot/evokd": (20, 10**6),
-        "runs": (16, 16),  # 9 methods on sst2, the 7 that apply to NER on conll2003
+        "runs": (20, 20),  # 11 methods on sst2, the 9 that apply to NER on conll2003
     },
     "06_mode_seeking_vs_covering": {
         # two modes at +-2.5: forward KL covers both and fills the valley, reverse KL (started at mu=1) takes one
@@ -126,18 +133,21 @@ EXPECTED = {
         "full_data_test_macro_f1": (0.55, 1.0),
         "fewshot_student_macro_f1": (0.0, 1.0),
         "label_accuracy/few_shot_student": (0.0, 1.0),
-        **{f"{k}/{m}": rng for m in ("greedy", "contrastive")
+        **{f"{k}/{m}": rng for m in ("greedy", "greedy_structured", "contrastive")
            for k, rng in (("label_accuracy", (0.0, 1.0)), ("tokens", (16, 10**8)), ("student_macro_f1", (0.0, 1.0)))},
+        # constrained to the label set, every answer is a label
+        "parse_rate/label/greedy_structured": (1.0, 1.0), "parse_rate/label/greedy": (0.0, 1.0),
         # half the pool goes to the teacher: the routed labels differ from the student's on some items or not at all
         "routing_label_accuracy_at_max_fraction": (0.0, 1.0),
         "routing_gain_over_random": (-1.0, 1.0),
         "routing_student_macro_f1_at_max_fraction": (0.0, 1.0),
-        **{f"{k}/{m}": rng for m in ("greedy", "contrastive")
+        **{f"{k}/{m}": rng for m in ("greedy", "greedy_structured", "contrastive")
            for k, rng in (("ner_label_entity_f1", (0.0, 1.0)), ("ner_tokens", (6, 10**8)),
                           ("ner_rejection_rate", (0.0, 1.0)))},
         "ner_fewshot_student_entity_f1": (0.0, 1.0),
-        **{f"synthesis_tokens/{m}": (20, 10**7) for m in ("sampling", "contrastive", "best_of_2")},
-        **{f"synthesis_rows/{m}": (0, 4) for m in ("sampling", "contrastive", "best_of_2")},
+        **{f"synthesis_tokens/{m}": (20, 10**7) for m in ("sampling", "sampling_structured", "contrastive", "best_of_2")},
+        **{f"synthesis_rows/{m}": (0, 4) for m in ("sampling", "sampling_structured", "contrastive", "best_of_2")},
+        "parse_rate/synthesis/sampling_structured": (0.5, 1.0), "parse_rate/synthesis/sampling": (0.0, 1.5),
         **{f"spec_acceptance/{t}/{d}": (0.0, 1.0) for t in ("free_generation", "ner_copy")
            for d in ("undistilled_draft", "rkl_distilled_draft", "prompt_lookup")},
         # speculation never changes greedy outputs
@@ -181,3 +191,49 @@ def test_smoke_profile_runs_every_notebook(tmp_path):
             assert lo <= got[name] <= hi, f"{rec['notebook']}: {name} = {got[name]} outside [{lo}, {hi}]"
     index = (tmp_path / "index.html").read_text()
     assert all(f"{r['notebook']}.html" in index for r in records)
+
+
+SIX_TOPICS = {
+    "sports": ["The striker scored twice in the final minutes of the match.", "Our team won the cup after extra time.",
+               "The marathon runner broke the course record.", "The tennis final went to five sets."],
+    "weather": ["Heavy rain is expected across the north tomorrow.", "A heatwave pushed temperatures past forty degrees.",
+                "Snow closed the mountain roads overnight.", "Strong winds knocked down trees along the coast."],
+    "food": ["This soup needs more salt and a little lemon.", "The bakery sells fresh bread every morning.",
+             "Slow-roasted tomatoes make the sauce sweeter.", "The restaurant serves handmade pasta with truffles."],
+    "music": ["The band released their third album on Friday.", "She played the violin solo without a single mistake.",
+              "The festival lineup includes two jazz legends.", "His new single topped the charts in a week."],
+    "travel": ["The night train to Vienna leaves at ten.", "We booked a small hotel near the old harbour.",
+               "Passport queues at the airport were very long.", "The ferry to the islands runs twice a day."],
+    "finance": ["The central bank raised interest rates again.", "Shares fell after the company cut its forecast.",
+                "The startup raised forty million in new funding.", "Bond yields climbed to a ten-year high."],
+}
+
+
+def _write_six_class_set(folder):
+    import random
+
+    rng = random.Random(0)
+    splits = {"train": [], "validation": [], "test": []}
+    for label, texts in SIX_TOPICS.items():
+        for i, text in enumerate(texts * 4):  # variants: a prefix makes the copies distinct texts
+            row = {"text": f"{['', 'News: ', 'Today: ', 'Update: '][i // 4]}{text}", "label": label}
+            splits["train" if i < 10 else "validation" if i < 13 else "test"].append(row)
+    for name, rows in splits.items():
+        rng.shuffle(rows)
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+@pytest.mark.slow
+def test_labelling_notebook_runs_on_an_unseen_six_class_dataset(tmp_path):
+    (tmp_path / "six_topics").mkdir()
+    folder = _write_six_class_set(tmp_path / "six_topics")
+    records = runner.run_all("smoke", only=["01"], overrides={"dataset": str(folder), "pool_size": "24",
+                                                              "full_data_max_train": "0"},
+                             out_dir=tmp_path / "reports", write_record=False)
+    rec = records[0]
+    assert rec["status"] == "ok", rec["error"]
+    got = {m["name"]: m["value"] for m in rec["metrics"]}
+    assert 0.0 <= got["label_accuracy/zero_shot_gen"] <= 1.0 and got["tokens/zero_shot_gen"] > 0
+    html = (tmp_path / "reports" / "01_labeling_and_coannotation.html").read_text()
+    assert "six_topics" in html or str(folder) in html
