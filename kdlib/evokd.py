@@ -227,7 +227,8 @@ class NERTask:
         each line short enough for all n to fit in `max_new_tokens` (~2 tokens per word or mark)."""
         from kdlib.structured import markup_grammar
 
-        return markup_grammar(list(self.types), lines=n, max_words=max(4, min(40, max_new_tokens // (2 * n) - 1)))
+        return markup_grammar(list(self.types), lines=n, max_words=max(4, min(40, max_new_tokens // (2 * n) - 1)),
+                              require_entity=True)
 
     def parse(self, outputs: Sequence[str]) -> ParseReport:
         return parse_ner([split_inline_list(o) for o in outputs], list(self.types), min_tokens=3)

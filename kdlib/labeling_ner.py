@@ -89,16 +89,17 @@ def annotate(teacher, sentences: Sequence[Sequence[str]], entity_types: Sequence
              shots: Sequence[tuple[Sequence[str], Sequence[str]]] = (), max_new_tokens: int = 96,
              method: str = "ner", seed: int = 0, structured: bool = False, **decoding) -> NERAnnotation:
     """Label every tokenised sentence with the teacher; `decoding` are GenParams knobs (greedy by default).
-    `structured` constrains the answer to one line of words and [entity](TYPE) marks of the given types
-    (`kdlib.structured.markup_grammar`)."""
+    `structured` constrains each answer to a copy of its own sentence with [entity](TYPE) marks of the
+    given types (`kdlib.structured.copy_markup_grammar`, one grammar per sentence)."""
     t = teacher.with_cache(teacher.cache)
     prompts = [build_prompt(s, entity_types, shots) for s in sentences]
     decoding.setdefault("temperature", 0.0)
+    grammars = None
     if structured:
-        from kdlib.structured import markup_grammar
+        from kdlib.structured import copy_markup_grammar
 
-        decoding["grammar"] = markup_grammar(list(entity_types), lines=1, max_words=max(len(s) for s in sentences) + 8)
-    outs = t.texts(prompts, max_new_tokens=max_new_tokens, seed=seed, stop=["\n"], **decoding)
+        grammars = [copy_markup_grammar(s, list(entity_types)) for s in sentences]
+    outs = t.texts(prompts, max_new_tokens=max_new_tokens, seed=seed, stop=["\n"], grammars=grammars, **decoding)
     tags, problems = [], Counter()
     for sent, out in zip(sentences, outs):
         row, problem = tags_from_answer(sent, out, entity_types)

@@ -31,9 +31,6 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
-import torch
-
 _KINDS = ("json_schema", "lark")
 
 
@@ -109,21 +106,53 @@ def texts_schema(n: int, *, min_chars: int = 10, max_chars: int = 400) -> dict:
                                      "items": {"type": "string", "minLength": min_chars, "maxLength": max_chars}}}}
 
 
-def markup_grammar(entity_types: Sequence[str], lines: int = 1, max_words: int = 40) -> str:
+def markup_grammar(entity_types: Sequence[str], lines: int = 1, max_words: int = 40,
+                   require_entity: bool = False) -> str:
     """A Lark grammar spec for NER markup: `lines` sentences of 3..max_words pieces, each a plain word or
-    an entity "[words](TYPE)" with TYPE one of `entity_types` (what `kdlib.parse_ner` reads)."""
-    if not entity_types or lines < 1:
-        raise ValueError("markup_grammar needs at least one entity type and one line")
+    an entity "[words](TYPE)" with TYPE one of `entity_types` (what `kdlib.parse_ner` reads).
+    `require_entity` makes every line hold at least one entity (for writing new examples, where a line
+    with no mark cannot be told from prose; not for marking up a given sentence, which may have none)."""
+    if not entity_types or lines < 1 or max_words < 3:
+        raise ValueError("markup_grammar needs at least one entity type, one line and max_words >= 3")
     types = " | ".join(json.dumps(t) for t in entity_types)
     sentence = " \"\\n\" ".join(["sentence"] * lines)
+    if require_entity:
+        half = (max_words - 1) // 2
+        body = f'(piece " "){{0,{half}}} entity (" " piece){{1,{max_words - 1 - half}}}'
+    else:
+        body = f'piece (" " piece){{2,{max_words - 1}}}'
     grammar = rf"""start: {sentence}
-sentence: piece (" " piece){{2,{max_words - 1}}}
+sentence: {body}
 piece: WORD | entity
 entity: "[" WORD (" " WORD){{0,5}} "](" etype ")"
 etype: {types}
 WORD: /[^\s\[\]()]{{1,30}}/
 """
     return lark(grammar)
+
+
+def copy_markup_grammar(tokens: Sequence[str], entity_types: Sequence[str]) -> str:
+    """A Lark grammar spec for marking up one given sentence: all its tokens in order, space-separated, any
+    run of consecutive tokens optionally wrapped as "[tokens](TYPE)". Every answer it allows projects back
+    onto the tokens (`kdlib.labeling_ner`), so a constrained markup copy always parses.
+
+    Rules per position i < n-1 (the last drops the continuation):
+        p_i = w_i " " p_{i+1}  |  "[" e_i                             (outside an entity)
+        e_i = w_i "](" etype ")" " " p_{i+1}  |  w_i " " e_{i+1}        (inside one: close it, or extend it)
+    so the grammar has O(n) rules."""
+    if not tokens or not entity_types:
+        raise ValueError("copy_markup_grammar needs a non-empty sentence and at least one entity type")
+    n = len(tokens)
+    words = [json.dumps(str(t), ensure_ascii=False) for t in tokens]
+    rules = ["start: p0", f"etype: {' | '.join(json.dumps(t) for t in entity_types)}"]
+    for i, w in enumerate(words):
+        if i + 1 < n:
+            rules.append(f'p{i}: {w} " " p{i + 1} | "[" e{i}')
+            rules.append(f'e{i}: {w} "](" etype ")" " " p{i + 1} | {w} " " e{i + 1}')
+        else:
+            rules.append(f'p{i}: {w} | "[" e{i}')
+            rules.append(f'e{i}: {w} "](" etype ")"')
+    return lark("\n".join(rules) + "\n")
 
 
 # ----------------------------------------------------------------------------- compiled constraints
@@ -188,11 +217,13 @@ class RowMatcher:
     def __init__(self, matcher, vocab_size: int):
         self.matcher, self.vocab_size = matcher, vocab_size
         self.words = (vocab_size + 31) // 32
-        self._mask: np.ndarray | None = None
+        self._mask = None  # numpy int32 words, computed on first use per step
 
-    def allowed_bits(self) -> np.ndarray:
+    def allowed_bits(self):
         """The packed allowed-token bitmask for the next token (int32 words, bit i of word w = token 32w+i)."""
         if self._mask is None:
+            import numpy as np
+
             self._mask = np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8).view(np.int32)
         return self._mask
 
@@ -201,8 +232,11 @@ class RowMatcher:
             return False
         return bool((int(self.allowed_bits()[token >> 5]) >> (token & 31)) & 1)
 
-    def allowed(self, width: int) -> torch.Tensor:
-        """Bool [width] of allowed tokens (ids past the grammar's vocabulary are never allowed)."""
+    def allowed(self, width: int):
+        """Bool tensor [width] of allowed tokens (ids past the grammar's vocabulary are never allowed)."""
+        import numpy as np
+        import torch
+
         bits = np.unpackbits(self.allowed_bits().view(np.uint8), bitorder="little")[:width]
         out = torch.zeros(width, dtype=torch.bool)
         out[:len(bits)] = torch.from_numpy(bits.astype(bool))
@@ -223,11 +257,13 @@ class RowMatcher:
         return self.matcher.get_error() or ""
 
 
-def constrain(logits: torch.Tensor, picked: torch.Tensor, matchers: Sequence[RowMatcher | None], repick
-              ) -> torch.Tensor:
+def constrain(logits, picked, matchers: Sequence[RowMatcher | None], repick):
     """Tokens per row that obey each row's grammar: a row whose `picked` token is allowed keeps it; the
     others get `repick(rows, masked_logits)` over their allowed tokens only (see the module docstring for
-    why this is exactly constrained decoding). Consumes the final token in every matcher."""
+    why this is exactly constrained decoding). Consumes the final token in every matcher.
+    Shapes: logits [rows, vocab], picked [rows]; returns [rows]."""
+    import torch
+
     tokens = picked.tolist()
     misses = [i for i, m in enumerate(matchers) if m is not None and not m.allows(tokens[i])]
     if misses:

@@ -176,6 +176,7 @@ class Request:
     key: str
     seed: int = 0
     candidate: str | None = None
+    grammar: str = ""              # this row's grammar spec (generate with per-prompt grammars), "" = the call's
 
 
 def check_prompt(prompt, where: str) -> Prompt:
@@ -249,24 +250,33 @@ class Teacher:
 
     # --- public API ---------------------------------------------------------------------------
     def generate(self, prompts: Sequence[Prompt], params: GenParams | dict | None = None, *,
-                 n: int = 1, seed: int = 0, **overrides) -> list[Completion]:
-        """n samples per prompt, prompt-major (prompt i, sample j at i * n + j)."""
+                 n: int = 1, seed: int = 0, grammars: Sequence[str] | None = None, **overrides) -> list[Completion]:
+        """n samples per prompt, prompt-major (prompt i, sample j at i * n + j).
+
+        `grammars` (one `kdlib.structured` spec per prompt) constrains each prompt's answers to its own
+        grammar, e.g. a copy of that prompt's sentence with entity marks; it replaces `params.grammar`."""
         params = GenParams.build(params, **overrides)
         _check_int("n", n, low=1)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"seed must be an int, got {seed!r}")
         prompts = check_prompts(prompts)
-        self._check_supported(params)
-        ident, p = self.identity(), params.key_fields()
+        if grammars is not None and (isinstance(grammars, str) or len(grammars) != len(prompts)):
+            raise ValueError(f"grammars must be a list with one spec per prompt ({len(prompts)}), got {grammars!r:.80}")
+        per_row = [GenParams.build(params, grammar=g) for g in grammars] if grammars is not None else None
+        for row_params in {params.grammar: params, **{q.grammar: q for q in per_row or ()}}.values():
+            self._check_supported(row_params)
+        ident = self.identity()
         requests = []
         for i, prompt in enumerate(prompts):
+            row_params = per_row[i] if per_row else params
+            p = row_params.key_fields()
             for j in range(n):
                 # Greedy output does not depend on seed or sample index: share one row between them.
                 s, jj = (None, None) if params.greedy else (seed, j)
                 key = make_key(kind="generate", **ident, prompt=prompt, params=p, seed=s, sample=jj)
                 # 31 bits: llama.cpp and others take 32-bit seeds; the prompt is in the hash anyway.
                 row_seed = int(make_key(seed=s, prompt=prompt, sample=jj)[:8], 16) & 0x7FFFFFFF
-                requests.append(Request(i, j, prompt, key, row_seed))
+                requests.append(Request(i, j, prompt, key, row_seed, grammar=row_params.grammar))
         entries = self._serve("generate", requests, lambda batch: self._run_generate(batch, params))
         return [Completion(e.text, e.finish_reason, e.prompt_tokens, e.completion_tokens, r.index, r.sample,
                            cached) for r, (e, cached) in zip(requests, entries)]

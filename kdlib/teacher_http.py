@@ -201,7 +201,7 @@ class HTTPTeacher(Teacher):
         chat = not isinstance(r.prompt, str)
         body["messages" if chat else "prompt"] = r.prompt
         path = "/chat/completions" if chat else "/completions"
-        schema = schema_of(params.grammar)
+        schema = schema_of(r.grammar or params.grammar)
         if schema is not None and self._response_format_ok:
             body["response_format"] = {"type": "json_schema",
                                        "json_schema": {"name": "answer", "schema": schema, "strict": True}}

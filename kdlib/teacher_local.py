@@ -163,11 +163,14 @@ class LocalTeacher(Teacher):
 
     def _run_generate(self, batch: list[Request], params: GenParams) -> list[Entry]:
         ids = [self.encode(r.prompt) for r in batch]
-        outs = self.generate_ids(ids, params, [r.seed for r in batch])
+        grammars = [r.grammar or params.grammar for r in batch]
+        outs = self.generate_ids(ids, params, [r.seed for r in batch], grammars if any(grammars) else None)
         return [self._entry(out, params) for out in outs]
 
-    def generate_ids(self, prompts: list[list[int]], params: GenParams, seeds: list[int]):
-        """Raw generation over token ids (no cache): a list of fastgen GenerationOutput."""
+    def generate_ids(self, prompts: list[list[int]], params: GenParams, seeds: list[int],
+                     grammars: list[str] | None = None):
+        """Raw generation over token ids (no cache): a list of fastgen GenerationOutput. `grammars`: one
+        spec per prompt ("" = free), else `params.grammar` for all."""
         from kdlib import fastgen
 
         model, tok = self.load()
@@ -181,11 +184,13 @@ class LocalTeacher(Teacher):
             return contrastive.generate(model, self.amateur_model(), prompts, sampling, params.contrastive,
                                         params.contrastive_alpha, seeds=seeds, eos_token_ids=self.eos_token_ids(),
                                         pad_token_id=tok.pad_token_id, batch_size=self.batch_size)
+        grammars = grammars if grammars is not None else [params.grammar] * len(prompts)
         constraints = None
-        if params.grammar:
+        if any(grammars):
             from kdlib.structured import Constraint
 
-            constraints = [Constraint.for_tokenizer(tok, params.grammar)] * len(prompts)
+            compiled = {g: Constraint.for_tokenizer(tok, g) for g in set(grammars) if g}
+            constraints = [compiled.get(g) for g in grammars]
         return fastgen.generate(model, prompts, sampling, seeds=seeds, batch_size=self.batch_size,
                                 eos_token_ids=self.eos_token_ids(), pad_token_id=tok.pad_token_id,
                                 constraints=constraints)

@@ -107,3 +107,39 @@ def test_bad_constraint_lists_are_refused(teacher):
         fastgen.generate(model, [[1, 2, 3]], fastgen.SamplingParams(max_new_tokens=2), constraints=[None, None])
     with pytest.raises(ValueError, match="does not compile"):
         structured.Constraint.for_tokenizer(teacher.tokenizer, structured.lark("start: %%% nonsense"))
+
+
+def _accepts(tokenizer, spec: str, text: str) -> bool:
+    m = structured.Constraint.for_tokenizer(tokenizer, spec).matcher()
+    for tid in tokenizer(text, add_special_tokens=False).input_ids:
+        if not m.allows(tid):
+            return False
+        m.consume(tid)
+    return m.matcher.is_accepting()
+
+
+def test_copy_markup_grammar_allows_exactly_marked_copies(teacher):
+    from kdlib.labeling_ner import tags_from_answer
+
+    sentence = ["Angela", "Merkel", "visited", "Paris", "on", "Monday", "."]
+    spec = structured.copy_markup_grammar(sentence, ["PER", "LOC"])
+    tok = teacher.tokenizer
+    good = ["Angela Merkel visited Paris on Monday .", "[Angela Merkel](PER) visited [Paris](LOC) on Monday .",
+            "Angela [Merkel visited Paris](LOC) on Monday [.](PER)"]
+    for answer in good:
+        assert _accepts(tok, spec, answer), answer
+        tags, problems = tags_from_answer(sentence, answer, ["PER", "LOC"])
+        assert tags is not None and len(tags) == len(sentence), (answer, problems)
+    for answer in ["Angela Merkel visited Rome on Monday .", "[Angela Merkel](ORG) visited Paris on Monday .",
+                   "Angela Merkel visited Paris on Monday"]:
+        assert not _accepts(tok, spec, answer), answer
+
+
+@pytest.mark.slow
+def test_per_prompt_grammars(teacher):
+    prompts = [user("Pick a colour."), user("Pick a fruit.")]
+    grammars = [structured.lark('start: "red" | "blue"'), structured.lark('start: "apple" | "pear"')]
+    outs = teacher.texts(prompts, max_new_tokens=4, grammars=grammars)
+    assert outs[0] in ("red", "blue") and outs[1] in ("apple", "pear")
+    with pytest.raises(ValueError, match="one spec per prompt"):
+        teacher.texts(prompts, max_new_tokens=4, grammars=grammars[:1])
