@@ -32,7 +32,7 @@ from kdlib.models import TEACHER_ID
 from kdlib.redact import redact
 
 Prompt = str | list[dict]
-FEATURES = ("logits", "score")
+FEATURES = ("logits", "score", "grammar")
 _FLOAT = (int, float)
 
 
@@ -242,7 +242,8 @@ class Teacher:
 
         Features: "logits" (the next-token distribution: contrastive decoding, entropy-adaptive
         temperature, calibrated scoring from logits, drafts and speculation, which also need the weights),
-        "score" (log-likelihood of a given continuation: `score`, `score_many`).
+        "score" (log-likelihood of a given continuation: `score`, `score_many`), "grammar" (constraining
+        answers to a Lark grammar; JSON schemas are sent to servers as response_format).
         """
         if feature not in FEATURES:
             raise ValueError(f"unknown teacher feature {feature!r}; known: {', '.join(FEATURES)}")

@@ -160,6 +160,9 @@ class HTTPTeacher(Teacher):
         if feature == "logits":
             return (f"the teacher is an OpenAI-compatible endpoint ({self.base_url}), which returns chosen tokens, "
                     f"not the model's logits or weights")
+        if feature == "grammar":
+            return ("an OpenAI-compatible endpoint takes JSON schemas (response_format), not Lark grammars: NER "
+                    "markup requests go out as free text and are parsed as such")
         # feature == "score": `score` of plain text works where the server echoes prompt logprobs (vLLM,
         # kdlib.openai_server), but kdlib's scoring methods score chat prompts, and the chat template that
         # turns them into text lives on the server, out of the client's sight.
@@ -173,9 +176,6 @@ class HTTPTeacher(Teacher):
             if getattr(params, name) != off:
                 raise Unsupported(f"{name} needs the model's logits, which an OpenAI-compatible endpoint does not "
                                   f"expose: use a local teacher (HF id or path) for it, or set {name}={off}")
-        if params.grammar and schema_of(params.grammar) is None:
-            raise Unsupported("an OpenAI-compatible endpoint takes a JSON schema (response_format), not a Lark "
-                              "grammar: use a local teacher for grammars")
 
     def _run_generate(self, batch: list[Request], params: GenParams) -> list[Entry]:
         return self._parallel(lambda r: self._one_completion(r, params), batch)
@@ -201,6 +201,8 @@ class HTTPTeacher(Teacher):
         chat = not isinstance(r.prompt, str)
         body["messages" if chat else "prompt"] = r.prompt
         path = "/chat/completions" if chat else "/completions"
+        # A JSON schema goes out as response_format; a Lark grammar (NER markup) cannot be expressed in the
+        # OpenAI protocol, so that request is free text, read by the same parser as any free answer.
         schema = schema_of(r.grammar or params.grammar)
         if schema is not None and self._response_format_ok:
             body["response_format"] = {"type": "json_schema",

@@ -5,24 +5,20 @@ import json
 import re
 
 import pytest
-import torch
+from conftest import one_thread_teacher
 
 from kdlib import fastgen, structured
 from kdlib.parse import parse_classification
 from kdlib.parse_ner import parse_ner
-from kdlib.teacher import GenParams, make_teacher, user
+from kdlib.teacher import GenParams, user
 
 LABELS = ["negative", "positive"]
 
 
 @pytest.fixture(scope="module")
 def teacher():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    t = make_teacher(batch_size=8, cache=False, progress=False)
-    t.load()
-    yield t
-    torch.set_num_threads(threads)
+    with one_thread_teacher(batch_size=8) as t:
+        yield t
 
 
 def _encode(teacher, prompts):

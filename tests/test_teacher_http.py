@@ -7,12 +7,13 @@ import subprocess
 import sys
 
 import pytest
+from conftest import one_thread_teacher
 
+from kdlib import structured
 from kdlib.openai_server import OpenAIServer, parse_faults
 from kdlib.paths import REPO_ROOT
 from kdlib.teacher import Unsupported, make_teacher, user
 from kdlib.teacher_http import TeacherHTTPError
-from kdlib.teacher_local import LocalTeacher
 
 pytestmark = pytest.mark.slow
 SECRET = "sk-kdlib-test-" + os.urandom(8).hex()
@@ -21,16 +22,8 @@ SERVER_KEY_ENV = "KDLIB_TEST_SERVER_KEY"
 
 @pytest.fixture(scope="module")
 def local():
-    # One thread: with 2 cores shared with other jobs, a 2-thread OpenMP team waits on a descheduled
-    # peer at every op and runs ~10x slower (measured: 26 s vs 2 s for the same 20 tokens).
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    teacher = LocalTeacher(batch_size=4, cache=False, progress=False)
-    teacher.load()
-    yield teacher
-    torch.set_num_threads(threads)
+    with one_thread_teacher(batch_size=4) as teacher:
+        yield teacher
 
 
 @pytest.fixture(scope="module")
@@ -159,3 +152,11 @@ def test_one_spec_for_local_and_remote_teachers(server):
         make_teacher(model="gpt-4o", cache=False)
     with pytest.raises(ValueError, match="unknown teacher feature"):
         local.unsupported("telepathy")
+
+
+def test_a_lark_grammar_goes_out_as_free_text(server, local):
+    client = _client(server)
+    assert "Lark" in client.unsupported("grammar") and local.unsupported("grammar") is None
+    spec = structured.lark('start: "yes" | "no"')
+    prompt = [user("Say something.")]
+    assert client.texts(prompt, max_new_tokens=6, grammar=spec) == local.texts(prompt, max_new_tokens=6)

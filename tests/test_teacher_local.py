@@ -10,11 +10,11 @@ import textwrap
 import time
 
 import pytest
+from conftest import one_thread_teacher
 
 from kdlib.gen_cache import GenCache
 from kdlib.paths import REPO_ROOT
 from kdlib.teacher import user
-from kdlib.teacher_local import LocalTeacher
 
 pytestmark = pytest.mark.slow
 TOPICS = ["rain", "cats", "bread", "trains", "music", "snow"]
@@ -22,16 +22,8 @@ TOPICS = ["rain", "cats", "bread", "trains", "music", "snow"]
 
 @pytest.fixture(scope="module")
 def local():
-    # One thread: with 2 cores shared with other jobs, a 2-thread OpenMP team waits on a descheduled
-    # peer at every op and runs ~10x slower (measured: 26 s vs 2 s for the same 20 tokens).
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    teacher = LocalTeacher(batch_size=8, cache=False, progress=False)
-    teacher.load()
-    yield teacher
-    torch.set_num_threads(threads)
+    with one_thread_teacher(batch_size=8) as teacher:
+        yield teacher
 
 
 def test_generate_chat_and_plain_text_with_stop_strings(local):
