@@ -403,7 +403,7 @@ def _new_samples(teacher, task, cfg: EvoKDConfig, state: EvoKDState, right, wron
                                seed=seed, temperature=cfg.temperature, max_new_tokens=cfg.analysis_max_new_tokens)[0]
         analysis, tokens = " ".join(out.text.split()), out.prompt_tokens + out.completion_tokens
     stances = cfg.stances or (None,)
-    per_request = max(1, round(cfg.per_round / (len(stances) * cfg.samples_per_request)))
+    per_request = _per_request(cfg)
     prompts = [generation_prompt(task, analysis, wrong, per_request, s, cfg.structured) for s in stances]
     grammar = {"grammar": task.output_grammar(per_request, cfg.generate_max_new_tokens)} if cfg.structured else {}
     outs = teacher.generate(prompts, n=cfg.samples_per_request, seed=seed, temperature=cfg.temperature,
@@ -421,6 +421,11 @@ def _new_samples(teacher, task, cfg: EvoKDConfig, state: EvoKDState, right, wron
     return analysis, kept, report, tokens, prompts, counts
 
 
+def _per_request(cfg: EvoKDConfig) -> int:
+    """Samples asked for in one generation request: the round's samples split over stances and draws."""
+    return max(1, round(cfg.per_round / (len(cfg.stances or (None,)) * cfg.samples_per_request)))
+
+
 def _text(row: dict) -> str:
     return row["text"] if "text" in row else " ".join(row["tokens"])
 
@@ -433,6 +438,8 @@ def run_identity(cfg: EvoKDConfig, teacher, task, reference=None) -> str:
     # a run may resume on another device: the device is no part of its identity
     settings = {k: v for k, v in asdict(student).items() if k != "device"} if student is not None else None
     payload = {"config": cfg.fingerprint(), "teacher": teacher.identity(), "student": settings}
+    if cfg.structured:  # the grammar shapes every answer: a changed grammar must not resume an old run
+        payload["grammar"] = task.output_grammar(_per_request(cfg), cfg.generate_max_new_tokens)
     if cfg.labels == "reference":
         payload["reference"] = _weights_fingerprint(reference)
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
