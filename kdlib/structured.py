@@ -26,6 +26,7 @@ constrained output equals unconstrained greedy output whenever the grammar allow
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from collections.abc import Sequence
@@ -174,7 +175,9 @@ def _ll_tokenizer(tokenizer):
         return entry[1]
 
 
+@functools.lru_cache(maxsize=256)
 def _compiled(spec: str) -> str:
+    """llguidance's grammar text for a spec (pure: compiled once per spec, not once per generation batch)."""
     import llguidance
 
     parsed = json.loads(spec)

@@ -176,7 +176,7 @@ class Request:
     key: str
     seed: int = 0
     candidate: str | None = None
-    grammar: str = ""              # this row's grammar spec (generate with per-prompt grammars), "" = the call's
+    grammar: str = ""              # the row's grammar spec (the call's, or its prompt's own); "" = free
 
 
 def check_prompt(prompt, where: str) -> Prompt:
@@ -263,21 +263,21 @@ class Teacher:
         prompts = check_prompts(prompts)
         if grammars is not None and (isinstance(grammars, str) or len(grammars) != len(prompts)):
             raise ValueError(f"grammars must be a list with one spec per prompt ({len(prompts)}), got {grammars!r:.80}")
-        per_row = [GenParams.build(params, grammar=g) for g in grammars] if grammars is not None else None
-        for row_params in {params.grammar: params, **{q.grammar: q for q in per_row or ()}}.values():
-            self._check_supported(row_params)
+        row_params = [GenParams.build(params, grammar=g) for g in grammars] if grammars is not None else [params]
+        for distinct in {q.grammar: q for q in row_params}.values():
+            self._check_supported(distinct)
         ident = self.identity()
         requests = []
         for i, prompt in enumerate(prompts):
-            row_params = per_row[i] if per_row else params
-            p = row_params.key_fields()
+            mine = row_params[i] if grammars is not None else params
+            p = mine.key_fields()
             for j in range(n):
                 # Greedy output does not depend on seed or sample index: share one row between them.
                 s, jj = (None, None) if params.greedy else (seed, j)
                 key = make_key(kind="generate", **ident, prompt=prompt, params=p, seed=s, sample=jj)
                 # 31 bits: llama.cpp and others take 32-bit seeds; the prompt is in the hash anyway.
                 row_seed = int(make_key(seed=s, prompt=prompt, sample=jj)[:8], 16) & 0x7FFFFFFF
-                requests.append(Request(i, j, prompt, key, row_seed, grammar=row_params.grammar))
+                requests.append(Request(i, j, prompt, key, row_seed, grammar=mine.grammar))
         entries = self._serve("generate", requests, lambda batch: self._run_generate(batch, params))
         return [Completion(e.text, e.finish_reason, e.prompt_tokens, e.completion_tokens, r.index, r.sample,
                            cached) for r, (e, cached) in zip(requests, entries)]

@@ -203,7 +203,7 @@ class HTTPTeacher(Teacher):
         path = "/chat/completions" if chat else "/completions"
         # A JSON schema goes out as response_format; a Lark grammar (NER markup) cannot be expressed in the
         # OpenAI protocol, so that request is free text, read by the same parser as any free answer.
-        schema = schema_of(r.grammar or params.grammar)
+        schema = schema_of(r.grammar)
         if schema is not None and self._response_format_ok:
             body["response_format"] = {"type": "json_schema",
                                        "json_schema": {"name": "answer", "schema": schema, "strict": True}}

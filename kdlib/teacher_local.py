@@ -163,7 +163,7 @@ class LocalTeacher(Teacher):
 
     def _run_generate(self, batch: list[Request], params: GenParams) -> list[Entry]:
         ids = [self.encode(r.prompt) for r in batch]
-        grammars = [r.grammar or params.grammar for r in batch]
+        grammars = [r.grammar for r in batch]
         outs = self.generate_ids(ids, params, [r.seed for r in batch], grammars if any(grammars) else None)
         return [self._entry(out, params) for out in outs]
 

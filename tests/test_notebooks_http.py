@@ -70,9 +70,9 @@ def test_the_client_talks_to_transformers_serve(served):
     assert all(o.text.strip() and o.completion_tokens > 0 and o.prompt_tokens > 0 for o in outs)
     assert teacher.ledger.summary()["tokens_spent"] > 0
     # transformers serve 5.23 ignores response_format: the answer comes back as free text, never an error
-    free = teacher.texts([user("Is 'a dreadful film' negative or positive?")], max_new_tokens=6,
-                         grammar={"enum": ["negative", "positive"]})
-    assert isinstance(free[0], str)
+    free = teacher.generate([user("Is 'a dreadful film' negative or positive?")], max_new_tokens=6,
+                            grammar={"enum": ["negative", "positive"]})[0]
+    assert free.completion_tokens > 0 and not free.cached and teacher.ledger.summary()["cache_misses"] == 3
     # knobs outside the OpenAI protocol are refused by this server: a clear, catchable error
     with pytest.raises(Unsupported, match="min_p"):
         teacher.generate([user("Hi")], max_new_tokens=4, temperature=1.0, min_p=0.1)
