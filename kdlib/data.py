@@ -272,8 +272,16 @@ def load_hub(name: str):
 
 
 def load(name_or_path: str, *, labels: list[str] | None = None, complete: bool = True,
-         validation_fraction: float = 0.1, seed: int = 0):
-    """Load a dataset by registry name, hub id or path; see the module docstring for the order."""
+         validation_fraction: float = 0.1, seed: int = 0, task: str | None = None):
+    """Load a dataset by registry name, hub id or path; see the module docstring for the order.
+    `task` ("classification" or "ner"), when given, refuses a dataset of the other kind by name."""
+    dd = _load(name_or_path, labels, complete, validation_fraction, seed)
+    if task is not None and task_of(dd) != task:
+        raise DataError(f"{name_or_path!r} is a {task_of(dd)} dataset; a {task} dataset is needed here")
+    return dd
+
+
+def _load(name_or_path: str, labels, complete: bool, validation_fraction: float, seed: int):
     tried = []
     path = Path(name_or_path).expanduser()
     if path.exists():

@@ -22,7 +22,7 @@ budget, a bigger model); `coannotate` merges the two label sets.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -74,6 +74,32 @@ def draw_shots(train, k: int, seed: int = 0) -> list[tuple[str, str]]:
 
 
 # ----------------------------------------------------------------------------- voting and uncertainty
+
+@dataclass(frozen=True)
+class Pool:
+    """What an annotation experiment starts from: demonstrations and a disjoint pool of unlabelled items,
+    both from train, with the pool's gold labels kept aside for scoring only."""
+    demos: list[tuple[str, str]]    # (text, label) demonstrations, `shots` per class
+    texts: list[str]                # the pool, annotated by the methods
+    gold: list[str]                 # its hidden gold labels
+    order: list[int]                # the seeded permutation of train the pool was drawn from (first items)
+
+    @property
+    def demo_rows(self) -> list[dict]:
+        return [{"text": t, "label": lab} for t, lab in self.demos]
+
+
+def draw_pool(train, shots: int, size: int, seed: int = 0) -> Pool:
+    """`shots` demonstrations per class and `size` pool items from a seeded permutation of `train`, never the
+    same text in both."""
+    names = train.features["label"].names
+    demos = draw_shots(train, shots, seed=seed)
+    shown = {t for t, _ in demos}
+    order = [int(i) for i in np.random.default_rng(seed).permutation(len(train))]
+    idx = [i for i in order[:size + len(demos)] if train[i]["text"] not in shown][:size]
+    pool = train.select(idx)
+    return Pool(demos, list(pool["text"]), [names[y] for y in pool["label"]], order)
+
 
 def entropy(probs) -> np.ndarray:
     """Shannon entropy (nats) of each row of a (n, C) probability array; 0 log 0 = 0."""
@@ -232,6 +258,93 @@ def coannotate(cheap: Sequence[str | None], expensive: Sequence[str], mask) -> l
     return [e if m else c for c, e, m in zip(cheap, expensive, np.asarray(mask, dtype=bool))]
 
 
+def routing_curve(cheap: Sequence[str | None], uncertainty, expensive: Sequence[str], gold: Sequence[str],
+                  reference: Sequence[str], label_names: Sequence[str], fractions: Sequence[float],
+                  cost: Callable[[int], float], seed: int = 0, repeats: int = 5):
+    """Co-annotation swept over routed fractions: label accuracy when the most uncertain items go to the
+    expensive annotator, against the same number routed at random (mean of `repeats` draws). One row per
+    fraction and routing, with the uncertainty threshold and `cost(n_routed)`."""
+    import pandas as pd
+
+    unc, rows = np.asarray(uncertainty, dtype=np.float64), []
+    for f in sorted(set(fractions)):
+        mask = route(unc, f)
+        shared = {"fraction": f, "threshold": float(unc[mask].min()) if mask.any() else float("inf"),
+                  "cost": cost(int(mask.sum()))}
+        acc = label_quality(coannotate(cheap, expensive, mask), gold, reference, label_names)["accuracy"]
+        rand = [label_quality(coannotate(cheap, expensive, random_route(len(gold), f, seed=seed + r)), gold, reference,
+                              label_names)["accuracy"] for r in range(repeats)]
+        rows += [{**shared, "routing": "by uncertainty", "label_accuracy": acc},
+                 {**shared, "routing": "random", "label_accuracy": float(np.mean(rand))}]
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- comparing strategies
+
+def compare_strategies(teacher, texts: Sequence[str], label_names: Sequence[str], shots, strategies: Sequence[str],
+                       *, gold: Sequence[str], reference: Sequence[str], n_votes: int = 5, temperature: float = 0.7,
+                       max_new_tokens: int = 5, seed: int = 0, task: str = ""):
+    """Label `texts` under each named decoding strategy (`kdlib.decoding`; sampled ones vote over `n_votes`,
+    "[structured]" ones answer within the label set). Returns (annotations by strategy, quality table with
+    tokens and wall time, {strategy: why it was skipped}) — a strategy the backend refuses is skipped, not fatal."""
+    import time
+
+    import pandas as pd
+
+    from kdlib import decoding
+    from kdlib.teacher import Unsupported
+
+    anns, rows, skipped = {}, [], {}
+    for name in strategies:
+        knobs = decoding.strategy(name, temperature)
+        start = time.monotonic()
+        try:
+            ann = annotate_generate(teacher, texts, label_names, shots, n=1 if knobs["temperature"] == 0 else n_votes,
+                                    seed=seed, max_new_tokens=max_new_tokens, task=task, method=name, decoding=knobs,
+                                    structured=decoding.is_structured(name))
+        except Unsupported as exc:  # e.g. a server that refuses min_p
+            skipped[name] = str(exc)
+            continue
+        anns[name] = ann
+        rows.append({"strategy": name, **_quality_row(ann.labels, gold, reference, label_names), "tokens": ann.tokens,
+                     "wall_s": time.monotonic() - start})
+    return anns, pd.DataFrame(rows, columns=None if rows else ["strategy", "tokens"]), skipped
+
+
+def annotate_methods(teacher, texts: Sequence[str], label_names: Sequence[str], shots, *, n_votes: int = 5,
+                     temperature: float = 0.7, max_new_tokens: int = 5, task: str = "", seed: int = 0,
+                     scoring: bool = True) -> tuple[dict, dict]:
+    """The annotation methods of notebook 01 on the same texts: zero-shot and few-shot generation (greedy),
+    self-consistency (`n_votes` sampled few-shot answers), and, with `scoring`, zero- and few-shot log-likelihood
+    scoring with and without contextual calibration. Returns ({method: Annotation}, {method: wall seconds})."""
+    import time
+
+    anns, wall = {}, {}
+    gen = {"zero-shot gen": dict(shots=(), n=1), "few-shot gen": dict(shots=shots, n=1),
+           "self-consistency": dict(shots=shots, n=n_votes, seed=seed, temperature=temperature)}
+    for method, kw in gen.items():
+        start = time.monotonic()
+        anns[method] = annotate_generate(teacher, texts, label_names, kw.pop("shots"), max_new_tokens=max_new_tokens,
+                                         task=task, method=method, **kw)
+        wall[method] = time.monotonic() - start
+    for method, shot_set in (("zero-shot score", ()), ("few-shot score", shots)) if scoring else ():
+        start = time.monotonic()
+        raw, cal = annotate_score(teacher, texts, label_names, shot_set, task, method=method)
+        anns[raw.method], anns[cal.method] = raw, cal
+        wall[raw.method] = wall[cal.method] = time.monotonic() - start
+    return anns, wall
+
+
+def _quality_row(labels, gold, reference, label_names) -> dict:
+    row = {k: v for k, v in label_quality(labels, gold, reference, label_names).items() if not k.startswith("share/")}
+    return {**row, "parse_rate": 1 - row["rejection_rate"]}
+
+
+def quality_row(name: str, labels, gold, reference, label_names, tokens: int = 0) -> dict:
+    """One row of a strategy quality table for labels that cost no teacher call (e.g. the few-shot student)."""
+    return {"strategy": name, **_quality_row(labels, gold, reference, label_names), "tokens": tokens, "wall_s": 0.0}
+
+
 # ----------------------------------------------------------------------------- quality
 
 def label_quality(labels: Sequence[str | None], gold: Sequence[str], reference: Sequence[str],
@@ -259,36 +372,3 @@ def label_quality(labels: Sequence[str | None], gold: Sequence[str], reference: 
 def training_rows(texts: Sequence[str], labels: Sequence[str | None]) -> list[dict]:
     """{"text", "label"} rows for the student, rejected items dropped."""
     return [{"text": t, "label": lab} for t, lab in zip(texts, labels) if lab is not None]
-
-
-# ----------------------------------------------------------------------------- students
-
-def pool_problem(rows: Sequence[dict], label_names: Sequence[str]) -> str | None:
-    """Why an annotated pool is not a fair training set, or None: empty (every label rejected) or one class
-    only (a student trained on it can only predict that class)."""
-    counts = Counter(r["label"] for r in rows)
-    if not rows:
-        return "empty: every label was rejected"
-    if len(counts) == 1 and len(label_names) > 1:
-        return f"single class: all {len(rows)} kept labels are {next(iter(counts))!r}"
-    return None
-
-
-def train_students(name: str, rows, validation, test, config, seeds: Sequence[int],
-                   label_names: Sequence[str]) -> list[dict]:
-    """Train one student per seed on `rows` and evaluate it on `test`: one result row per seed.
-
-    An empty pool trains nothing: its rows carry NaN scores and `skipped` says why, so a table over many
-    methods goes on (bad teacher output is a result, never a crash)."""
-    from kdlib.student import train_classifier
-
-    if not rows:
-        return [{"method": name, "seed": int(s), "n_train": 0, "accuracy": float("nan"), "macro_f1": float("nan"),
-                 "skipped": pool_problem(rows, label_names)} for s in seeds]
-    out = []
-    for s in seeds:
-        student = train_classifier(rows, validation, config.replace(seed=int(s)), label_names=list(label_names))
-        metrics = student.evaluate(test)
-        out.append({"method": name, "seed": int(s), "n_train": len(rows),
-                    "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]})
-    return out

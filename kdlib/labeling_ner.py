@@ -134,3 +134,48 @@ def quality(ann: NERAnnotation, gold: Sequence[Sequence[str]]) -> dict:
     m = ner_metrics([list(g) for g in gold], pred)
     return {"entity_f1": m["entity_f1"], "precision": m["precision"], "recall": m["recall"],
             "rejection_rate": ann.rejection_rate, "tokens": ann.tokens}
+
+
+def compare_strategies(teacher, sentences: Sequence[Sequence[str]], entity_types: Sequence[str], shots,
+                       strategies: Sequence[str], gold: Sequence[Sequence[str]], max_new_tokens: int = 96, seed: int = 0):
+    """Markup-copy labels under each deterministic decoding strategy (`kdlib.decoding`; "[structured]" ones are
+    constrained to a marked copy of their sentence). Returns (annotations, quality table, {strategy: why skipped})."""
+    import time
+
+    import pandas as pd
+
+    from kdlib import decoding
+    from kdlib.teacher import Unsupported
+
+    anns, rows, skipped = {}, [], {}
+    for name in strategies:
+        start = time.monotonic()
+        try:
+            anns[name] = annotate(teacher, sentences, entity_types, shots, max_new_tokens=max_new_tokens, method=name,
+                                  seed=seed, structured=decoding.is_structured(name), **decoding.strategy(name, 0.0))
+        except Unsupported as exc:
+            skipped[name] = str(exc)
+            continue
+        rows.append({"strategy": name, **quality(anns[name], gold), "parse_rate": 1 - anns[name].rejection_rate,
+                     "wall_s": time.monotonic() - start,
+                     "mentions_not_found": anns[name].problems["mention_not_in_sentence"]})
+    return anns, pd.DataFrame(rows, columns=None if rows else ["strategy", "tokens"]), skipped
+
+
+def draw_pool(train, tag_names: Sequence[str], shots: int, size: int, seed: int = 0):
+    """`shots` demonstration sentences that hold an entity and `size` other pool sentences, from a seeded
+    permutation of `train`; rows {"tokens", "tags"} with tag names. Returns (pool, demonstrations, order)."""
+    import numpy as np
+
+    order = [int(i) for i in np.random.default_rng(seed).permutation(len(train))]
+    shot_idx = [i for i in order[:2000] if any(t != 0 for t in train[i]["tags"])][:shots]
+    pool_idx = [i for i in order[:size + shots] if i not in shot_idx][:size]
+
+    def rows(idx):
+        return [{"tokens": list(train[i]["tokens"]), "tags": [tag_names[t] for t in train[i]["tags"]]} for i in idx]
+    return rows(pool_idx), rows(shot_idx), order
+
+
+def training_rows(sentences: Sequence[Sequence[str]], tags: Sequence[Sequence[str] | None]) -> list[dict]:
+    """{"tokens", "tags"} rows for a tagger, rejected sentences (tags None) dropped."""
+    return [{"tokens": list(s), "tags": list(t)} for s, t in zip(sentences, tags) if t is not None]

@@ -92,9 +92,18 @@ class RunContext:
         return "\n".join(lines)
 
 
-def init(seed: int = 0, device: str = "auto", dtype: str = "auto", quiet: bool = False) -> RunContext:
-    """Seed everything, choose device and dtype, and print the versions that matter."""
+def init(seed: int = 0, device: str = "auto", dtype: str = "auto", quiet: bool = False, threads: int = 0
+         ) -> RunContext:
+    """Seed everything, choose device and dtype, set torch's CPU threads (0: its default), apply the plot
+    style, and print the versions that matter."""
     seed_everything(seed)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    from kdlib.plots import style
+
+    style()
     dev = pick_device(device)
     ctx = RunContext(seed=seed, device=dev, dtype=pick_dtype(dev, dtype), versions=versions())
     if not quiet:

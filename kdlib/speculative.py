@@ -180,3 +180,20 @@ def measure(target, prompts: list[list[int]], max_new_tokens: int, drafter=None,
         outs.append(out)
         total = total.merge(stats)
     return outs, total
+
+
+def compare_drafters(target, prompt_sets: dict[str, list[list[int]]], drafters: dict, max_new_tokens: int,
+                     k: int = 4, stop_ids=()):
+    """Plain greedy vs each drafter on each named set of prompts (batch 1): a frame with acceptance rate,
+    tokens per target call, wall-time speed-up and the share of outputs identical to plain greedy."""
+    import pandas as pd
+
+    rows = []
+    for task, prompts in prompt_sets.items():
+        plain_outs, plain = measure(target, prompts, max_new_tokens, stop_ids=stop_ids)
+        for name, drafter in drafters.items():
+            outs, st = measure(target, prompts, max_new_tokens, drafter=drafter, k=k, stop_ids=stop_ids)
+            rows.append({"task": task, "drafter": name, "acceptance_rate": st.acceptance_rate,
+                         "tokens_per_target_call": st.tokens_per_call, "speedup": plain.wall_s / st.wall_s,
+                         "identical_to_plain": sum(a == b for a, b in zip(outs, plain_outs)) / len(prompts)})
+    return pd.DataFrame(rows)

@@ -286,3 +286,35 @@ def quality(rows: Sequence[dict], label_names: Sequence[str], reference=None) ->
         out["fidelity"] = float(np.mean([p == y for p, y in zip(reference.predict_labels(texts), labels)]))
         out["dispersion"] = embedding_dispersion(reference.embed(texts)) if len(texts) >= 2 else float("nan")
     return out
+
+
+def compare_strategies(teacher, spec: TaskSpec, per_label: int, plan: Sequence[tuple[str, int]], *, reference=None,
+                       scorer: Callable[[str, str], float] | None = None, temperature: float = 1.0, **kw):
+    """`synthesize` under each (decoding strategy, best_of) of `plan` (`kdlib.decoding` names; "[structured]"
+    ones constrained to the JSON schema). Returns (results by label, quality table, {label: why skipped}); a
+    best-of-n entry is labelled "best-of-n". `kw` goes to `synthesize` (per_prompt, max_new_tokens, seed, ...)."""
+    import time
+
+    import pandas as pd
+
+    from kdlib import decoding
+    from kdlib.teacher import Unsupported
+
+    results, rows, skipped = {}, [], {}
+    for name, n_best in plan:
+        knobs = decoding.strategy(name, temperature)
+        label = name if n_best == 1 else f"best-of-{n_best}"
+        start = time.monotonic()
+        try:
+            res = synthesize(teacher, spec, per_label, temperature=knobs.pop("temperature"), top_p=knobs.pop("top_p", 1.0),
+                             decoding=knobs, best_of=n_best, scorer=scorer if n_best > 1 else None,
+                             structured=decoding.is_structured(name), **kw)
+        except Unsupported as exc:
+            skipped[label] = str(exc)
+            continue
+        results[label] = res
+        q = quality(res.rows, spec.label_names, reference)
+        rows.append({"strategy": label, "rows": len(res.rows), "tokens": res.tokens, "parse_rate": res.parse_rate,
+                     "wall_s": time.monotonic() - start,
+                     **{k: q.get(k) for k in ("fidelity", "distinct2", "self_bleu", "balance")}})
+    return results, pd.DataFrame(rows, columns=None if rows else ["strategy", "rows", "tokens", "parse_rate"]), skipped

@@ -129,13 +129,3 @@ def test_label_quality():
     assert q["fidelity"] == pytest.approx(1.0) and q["rejection_rate"] == pytest.approx(0.25)
     assert 0 < q["balance"] < 1 and q["share/a"] == pytest.approx(2 / 3)
     assert labeling.training_rows(["t1", "t2"], ["a", None]) == [{"text": "t1", "label": "a"}]
-
-
-def test_pool_problems_are_named_and_an_empty_pool_trains_nothing():
-    names = ["a", "b", "c"]
-    assert labeling.pool_problem([], names).startswith("empty")
-    assert "single class" in labeling.pool_problem([{"text": "x", "label": "b"}] * 3, names)
-    assert labeling.pool_problem([{"text": "x", "label": "a"}, {"text": "y", "label": "c"}], names) is None
-    rows = labeling.train_students("nothing", [], None, None, config=None, seeds=[0, 1], label_names=names)
-    assert [r["seed"] for r in rows] == [0, 1]
-    assert all(math.isnan(r["macro_f1"]) and r["skipped"].startswith("empty") for r in rows)
