@@ -339,6 +339,14 @@ def label_names(ds) -> list[str]:
     return features["label"].names if "label" in features else features["tags"].feature.names
 
 
+def k_shot_rows(ds, k: int, seed: int = 0) -> list[dict]:
+    """`k_shot` as rows with names: {"text", "label"} (classification) or {"tokens", "tags"} (NER)."""
+    names, shots = label_names(ds), k_shot(ds, k, seed=seed)
+    if "label" in shots.features:
+        return [{"text": x, "label": names[y]} for x, y in zip(shots["text"], shots["label"])]
+    return [{"tokens": x, "tags": [names[i] for i in y]} for x, y in zip(shots["tokens"], shots["tags"])]
+
+
 def label_counts(ds) -> dict[str, int]:
     names = label_names(ds)
     if task_of(ds) == "classification":

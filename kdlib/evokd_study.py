@@ -51,10 +51,7 @@ class Dataset:
 
     def seed_rows(self, k: int, seed: int) -> list[dict]:
         """The k-shot gold rows the runs start from."""
-        shots = data.k_shot(self.dd["train"], k, seed=seed)
-        if self.kind == "classification":
-            return [{"text": x, "label": self.names[y]} for x, y in zip(shots["text"], shots["label"])]
-        return [{"tokens": x, "tags": [self.names[i] for i in y]} for x, y in zip(shots["tokens"], shots["tags"])]
+        return data.k_shot_rows(self.dd["train"], k, seed)
 
 
 def prepare(names: list[str], config, *, test_max: int, validation_size: int, full_data_max_train: int,

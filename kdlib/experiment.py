@@ -143,7 +143,8 @@ def mean_of(runs, metric: str, method: str, **where) -> float:
 # ----------------------------------------------------------------------------- figures
 
 def plot_scores(runs, metric: str, *, order: Sequence[str] | None = None, hue: str | None = None,
-                baseline: str | None = None, reference: float | None = None, title: str = "", xlabel: str = ""):
+                baseline: str | None = None, reference: float | None = None, reference_label: str = "full-data student",
+                title: str = "", xlabel: str = ""):
     """Each method's score: mean ± sd over seeds (points) and every seed (grey dots); the baseline's mean
     dotted red, a reference score (e.g. the full-data student) dashed black. Returns the Figure."""
     import matplotlib.pyplot as plt
@@ -160,7 +161,7 @@ def plot_scores(runs, metric: str, *, order: Sequence[str] | None = None, hue: s
     if baseline is not None:
         ax.axvline(mean_of(runs, metric, baseline), color="tab:red", ls=":", lw=1, label=baseline)
     if reference is not None:
-        ax.axvline(reference, color="black", ls="--", lw=1, label="full-data student")
+        ax.axvline(reference, color="black", ls="--", lw=1, label=reference_label)
     ax.set(title=title, xlabel=xlabel or metric, ylabel="")
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()

@@ -142,3 +142,59 @@ def loo_predictions(emb, y, temperature: float = 0.05) -> np.ndarray:
         raise ValueError("leave-one-out needs at least 2 measured instructions")
     idx = np.arange(len(y))
     return np.array([predict_utility(emb[idx != i], y[idx != i], emb[i:i + 1], temperature)[0] for i in idx])
+
+
+@dataclass
+class Selection:
+    """Self-LLMDA's choice: probes measured on dev, the model's predictions for the rest, and what it picked."""
+    probes: list[str]
+    utility: list[float]          # measured dev macro-F1 gain of each probe over the gold-only student
+    candidates: list[str]
+    predicted: np.ndarray         # predicted gain of each candidate
+    loo: np.ndarray               # leave-one-out predictions for the probes
+    rho: float                    # their Spearman correlation with the measured gains (NaN if gains are flat)
+    selected: list[str]           # the `k` candidates with the highest predicted gain
+    random_pick: list[str]        # `k` candidates at random (the baseline)
+    base_dev: float               # the gold-only student's dev macro-F1
+    probe_sets: dict              # instruction -> its rewrites of the gold rows (SynthResult)
+
+    @property
+    def probe_tokens(self) -> int:
+        return sum(r.tokens for r in self.probe_sets.values())
+
+
+def select(rewriter, pool: Pool, gold: Sequence[dict], spec, dev, config, label_names: Sequence[str], *, k: int,
+           probe_fraction: float, temperature: float, seed: int = 0, device: str = "cpu",
+           rewrite: dict | None = None) -> Selection:
+    """Self-LLMDA: apply a seeded `probe_fraction` of the pool's instructions to the gold rows, measure each one's
+    dev gain with a student, fit the embedding-kernel model on those gains, and select the `k` candidates it
+    predicts best (and `k` at random, with the same seeded generator, as the baseline). `rewrite`: keywords of
+    `reform.with_instruction` (n, seed, temperature, ...)."""
+    from scipy.stats import spearmanr
+
+    from kdlib import models, reform
+    from kdlib.student import train_classifier
+
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(pool.instructions)).tolist()
+    n_probe = min(len(order) - k, max(2, int(round(probe_fraction * len(order)))))
+    if n_probe < 2:
+        raise ValueError(f"pool of {len(pool.instructions)} instructions is too small to probe 2 and select {k}")
+    probes, candidates = [pool.instructions[i] for i in order[:n_probe]], [pool.instructions[i] for i in order[n_probe:]]
+
+    def dev_f1(rows):
+        return train_classifier(rows, None, config, label_names=list(label_names)).evaluate(dev)["macro_f1"]
+
+    base_dev, probe_sets, utility = dev_f1(list(gold)), {}, []
+    for instr in probes:
+        probe_sets[instr] = reform.with_instruction(rewriter, spec, gold, instr, **(rewrite or {}))
+        utility.append(dev_f1(list(gold) + probe_sets[instr].rows) - base_dev)
+    emb = models.sentence_embeddings(pool.instructions, device=device)
+    index = {s: i for i, s in enumerate(pool.instructions)}
+    probe_emb, cand_emb = emb[[index[p] for p in probes]], emb[[index[c] for c in candidates]]
+    predicted = predict_utility(probe_emb, utility, cand_emb, temperature)
+    loo = loo_predictions(probe_emb, utility, temperature)
+    rho = float(spearmanr(loo, utility).statistic) if np.std(utility) > 0 else float("nan")
+    selected = [candidates[i] for i in np.argsort(-predicted)[:k]]
+    random_pick = [candidates[i] for i in rng.choice(len(candidates), size=min(k, len(candidates)), replace=False)]
+    return Selection(probes, utility, candidates, predicted, loo, rho, selected, random_pick, base_dev, probe_sets)

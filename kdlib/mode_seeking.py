@@ -67,3 +67,35 @@ def diagnostics(target_log_probs, student_log_probs, grid, mu: float, sigma: flo
     inside = np.abs(x - mu) <= 1.96 * sigma
     return {"covered": float(p[inside].sum()), "hallucinated": float(q[p < 0.01 * p.max()].sum()),
             "entropy": float(-(q[q > 0] * np.log(q[q > 0])).sum())}
+
+
+def fit_all(target, grid, kinds, mu0: float, **fit_kw):
+    """`fit_gaussian` with each loss kind from the same start: ({kind: fit}, table of mu, sigma, final loss and
+    the diagnostics per kind)."""
+    import pandas as pd
+
+    fits = {k: fit_gaussian(target, grid, k, mu0=mu0, **fit_kw) for k in kinds}
+    rows = [{"loss": k, "mu": f["mu"], "sigma": f["sigma"], "final loss": f["loss"],
+             **diagnostics(target, f["log_probs"], grid, f["mu"], f["sigma"])} for k, f in fits.items()]
+    return fits, pd.DataFrame(rows).set_index("loss")
+
+
+def init_sweep(target, grid, kinds, starts, **fit_kw):
+    """Final mean of the fitted student against its starting mean, per loss kind."""
+    import pandas as pd
+
+    return pd.DataFrame([{"loss": k, "start mu": m, "final mu": fit_gaussian(target, grid, k, mu0=m, **fit_kw)["mu"]}
+                         for k in kinds for m in starts])
+
+
+def separation_sweep(grid, separations, std: float, kinds, mu0: float, **fit_kw):
+    """Two equal modes at ±d for each d: the diagnostics of each loss's fit (coverage, hallucinated mass, ...)."""
+    import pandas as pd
+
+    rows = []
+    for d in separations:
+        target = mixture_log_probs(grid, [-d, d], [std, std], [1.0, 1.0])
+        for k in kinds:
+            f = fit_gaussian(target, grid, k, mu0=mu0, **fit_kw)
+            rows.append({"separation": d, "loss": k, **diagnostics(target, f["log_probs"], grid, f["mu"], f["sigma"])})
+    return pd.DataFrame(rows)

@@ -84,6 +84,11 @@ class ParseReport:
         self.rejected.append((_snippet(raw), reason))
         self.counts[reason] += 1
 
+    @property
+    def rejection_rate(self) -> float:
+        """Rejected / (kept + rejected): the share of judged items lost."""
+        return len(self.rejected) / max(len(self.kept) + len(self.rejected), 1)
+
     def summary(self) -> dict:
         out = {"inputs": self.n_inputs, "kept": len(self.kept), "rejected": len(self.rejected),
                "reasons": dict(sorted(self.counts.items()))}

@@ -88,3 +88,15 @@ def counterfactuals(teacher, spec: TaskSpec, rows: Sequence[dict], seed: int = 0
 def with_instruction(teacher, spec: TaskSpec, rows: Sequence[dict], instruction: str, **kw) -> SynthResult:
     """Rewrites of every row by one free-form augmentation instruction, label kept."""
     return rewrite(teacher, spec, rows, lambda r: (instruction, r["label"]), **kw)
+
+
+def with_instructions(teacher, spec: TaskSpec, rows: Sequence[dict], instructions: Sequence[str], **kw) -> SynthResult:
+    """The rewrites of several instructions pooled as one result: rows, rejection report and tokens add up."""
+    import functools
+
+    results = [with_instruction(teacher, spec, rows, i, **kw) for i in instructions]
+    if not results:
+        return SynthResult([], ParseReport())
+    return SynthResult([r for res in results for r in res.rows],
+                       functools.reduce(lambda a, b: a.merge(b), [res.report for res in results]),
+                       tokens=sum(res.tokens for res in results), tokens_spent=sum(res.tokens_spent for res in results))

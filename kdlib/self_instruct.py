@@ -80,3 +80,40 @@ def filter_pairs(pairs: Sequence[dict], min_words: int = 3, max_overlap: float =
         else:
             report.kept.append({"instruction": p["instruction"], "response": response})
     return report.kept, report
+
+
+def study(lm, model_id: str, seed_pool, real_pool, seeds: Sequence[int], evaluate, sft_config, *, seed_tasks: int,
+          task_pool_size: int, answer_max_new_tokens: int, keep_unfinished: bool = False, device: str = "cpu"):
+    """Notebook 04's Self-Instruct comparison, per seed: grow a task pool from `seed_tasks` real instructions,
+    let the model answer its own tasks, filter the pairs, then fine-tune a fresh copy of the model on them and,
+    as the baseline, another on as many real pairs. `evaluate(model, tokenizer) -> (answers, rouge_l scores)`.
+    Returns (one row per method and seed, {seed: what was generated and what it cost})."""
+    import dataclasses
+
+    import numpy as np
+    import pandas as pd
+
+    from kdlib import data, models, sft
+
+    runs, generated = [], {}
+    for s in seeds:
+        shown = list(data.sample(seed_pool, seed_tasks, s)["instruction"])
+        tasks = generate_tasks(lm, shown, task_pool_size, seed=s, max_new_tokens=200, requests_per_round=8, max_rounds=6)
+        answered = answer(lm, tasks.generated, max_new_tokens=answer_max_new_tokens, seed=s)
+        pairs, report = filter_pairs(answered, drop_unfinished=not keep_unfinished)
+        generated[s] = {"pool": tasks, "answered": answered, "pairs": pairs, "report": report,
+                        "tokens": tasks.tokens + sum(a["tokens"] for a in answered)}
+        real = [{"instruction": r["instruction"], "response": r["response"]}
+                for r in data.sample(real_pool, max(len(pairs), 1), s)]
+        for method, train_pairs in (("Self-Instruct (own data)", pairs), ("real-data SFT (same size)", real)):
+            if not train_pairs:
+                print(f"seed {s}: {method} has no training pairs; skipped")
+                continue
+            model, tok = models.load_causal_lm(model_id, device=device)
+            hist = sft.train_sft(model, tok, train_pairs, dataclasses.replace(sft_config, seed=s))
+            answers, scores = evaluate(model, tok)
+            runs.append({"method": method, "seed": s, "n_pairs": len(train_pairs), "steps": hist.steps,
+                         "final_loss": hist.loss[-1], "rouge_l": float(np.mean(scores)),
+                         "answer_words": float(np.mean([len(a.split()) for a in answers])), "train_s": hist.seconds})
+            del model
+    return pd.DataFrame(runs), generated

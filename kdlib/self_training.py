@@ -68,3 +68,29 @@ def self_train(gold: Sequence[dict], pool_texts: Sequence[str], label_names: Seq
                 acc = float(np.mean([pool_gold[i] == names[c] for i, c in added]))
         history.append(SelfTrainingRound(r, len(gold) + len(pseudo) - len(added), len(added), acc, scores))
     return student, history
+
+
+def study(train, label_names: Sequence[str], *, pool_size: int, shots: int, seeds: Sequence[int], config, test,
+          rounds: int, threshold: float, per_class_per_round: int, seed: int = 0):
+    """Notebook 04's self-training comparison: one pool of `pool_size` items from a seeded permutation of
+    `train` (gold hidden, only measured), each seed's `shots` gold examples per class from the rest, then
+    `self_train`. One row per seed and round: training size, additions, their accuracy, test scores."""
+    import pandas as pd
+
+    from kdlib import data
+
+    order = np.random.default_rng(seed).permutation(len(train))
+    pool = train.select(order[:pool_size])
+    texts, pool_gold = list(pool["text"]), [label_names[y] for y in pool["label"]]
+    rows = []
+    for s in seeds:
+        gold = data.k_shot_rows(train.select(order[pool_size:]), shots, s)  # never inside the pool
+        _, history = self_train(gold, texts, list(label_names), config.replace(seed=s), rounds=rounds,
+                                threshold=threshold, per_class_per_round=per_class_per_round, evaluate_on=test,
+                                pool_gold=pool_gold)
+        rows += [{"seed": s, "round": h.round, "n_train": h.n_train, "added": h.n_added,
+                  "added_accuracy": h.added_accuracy, "accuracy": h.scores["accuracy"],
+                  "macro_f1": h.scores["macro_f1"]} for h in history]
+    frame = pd.DataFrame(rows)
+    frame["added_accuracy"] = pd.to_numeric(frame.added_accuracy)  # None (nothing added) -> NaN
+    return frame

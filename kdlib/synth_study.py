@@ -65,11 +65,6 @@ def prepare(names: list[str], config, *, test_max: int, validation_size: int, re
     return out
 
 
-def gold_rows(d: Dataset, shots: int, seed: int) -> list[dict]:
-    gold = data.k_shot(d.dd["train"], shots, seed=seed)
-    return [{"text": x, "label": d.names[y]} for x, y in zip(gold["text"], gold["label"])]
-
-
 def run(generator, datasets: dict[str, Dataset], seeds: list[int], shots: int, per_label: int,
         structured: list[bool], config, full_data_max_train: int = 0, progress: bool = True, **gen_kw):
     """Generate every recipe's data and train every student: (runs frame, {(dataset, recipe, seed): SynthResult})."""
@@ -82,7 +77,7 @@ def run(generator, datasets: dict[str, Dataset], seeds: list[int], shots: int, p
         pairs = track(pairs, desc="dataset x seed")
     runs, sets = [], {}
     for name, s in pairs:
-        d, gold = datasets[name], gold_rows(datasets[name], shots, s)
+        d, gold = datasets[name], data.k_shot_rows(datasets[name].dd["train"], shots, s)
         by_label = {lab: [r["text"] for r in gold if r["label"] == lab] for lab in d.names}
         train_sets = {"gold few-shot": gold}
         for st in structured:
