@@ -144,3 +144,13 @@ def test_sample_is_seeded_and_bounded():
     a, b = data.sample(ds, 4, seed=1), data.sample(ds, 4, seed=1)
     assert a["x"] == b["x"] and len(a) == 4 and a["x"] != data.sample(ds, 4, seed=2)["x"]
     assert sorted(data.sample(ds, 99, seed=1)["x"]) == list(range(10))
+
+
+def test_load_refuses_the_wrong_kind_of_dataset_and_k_shot_rows_name_labels(mirror):
+    with pytest.raises(data.DataError, match="ner dataset; a classification dataset is needed"):
+        data.load("conll2003", task="classification")
+    dd = data.load("sst2", task="classification")
+    rows = data.k_shot_rows(dd["train"], 2, seed=1)
+    assert len(rows) == 4 and {r["label"] for r in rows} == set(data.label_names(dd))
+    ner = data.k_shot_rows(data.load("conll2003")["train"], 1, seed=0)
+    assert all(isinstance(t, str) for r in ner for t in r["tags"]) and all(len(r["tags"]) == len(r["tokens"]) for r in ner)

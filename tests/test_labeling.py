@@ -129,3 +129,25 @@ def test_label_quality():
     assert q["fidelity"] == pytest.approx(1.0) and q["rejection_rate"] == pytest.approx(0.25)
     assert 0 < q["balance"] < 1 and q["share/a"] == pytest.approx(2 / 3)
     assert labeling.training_rows(["t1", "t2"], ["a", None]) == [{"text": "t1", "label": "a"}]
+
+
+def test_draw_pool_keeps_demonstrations_out_of_the_pool():
+    from kdlib.data import from_records
+
+    rows = [{"text": f"t{i}", "label": NAMES[i % 2]} for i in range(40)]
+    pool = labeling.draw_pool(from_records({"train": rows, "test": rows[:4]})["train"], 2, 10, seed=3)
+    assert len(pool.demos) == 4 and len(pool.texts) == 10 == len(pool.gold)
+    assert not {t for t, _ in pool.demos} & set(pool.texts)
+    assert all(NAMES[int(t[1:]) % 2] == g for t, g in zip(pool.texts, pool.gold))
+    assert pool.demo_rows[0] == {"text": pool.demos[0][0], "label": pool.demos[0][1]}
+
+
+def test_routing_curve_against_random_routing():
+    gold = ["a", "b"] * 10
+    cheap = ["a"] * 20                       # right on every "a", wrong on every "b"
+    unc = [0.0 if g == "a" else 1.0 for g in gold]  # and knows where it is wrong
+    curve = labeling.routing_curve(cheap, unc, gold, gold, gold, ["a", "b"], [0.0, 0.5, 1.0], lambda n: 10 * n)
+    by = curve.set_index(["fraction", "routing"]).label_accuracy
+    assert by[0.0, "by uncertainty"] == by[0.0, "random"] == 0.5
+    assert by[0.5, "by uncertainty"] == 1.0 > by[0.5, "random"]
+    assert by[1.0, "random"] == 1.0 and curve.set_index(["fraction", "routing"]).cost[0.5, "random"] == 100
