@@ -81,6 +81,26 @@ def students(train_sets: dict[str, list[dict]], seeds: Iterable[int], fit: Calla
     return pd.DataFrame(rows, columns=None if rows else [*(extra or {}), "method", "seed", "n_train", "problem"])
 
 
+def run_each(names: Sequence[str], run: Callable[[str], object]) -> tuple[dict, dict, dict]:
+    """`run(name)` for each named strategy: (results, wall seconds, {name: why it was skipped}). A strategy
+    the teacher's backend refuses (`kdlib.teacher.Unsupported`: a server without min_p, an endpoint without
+    logits) is skipped with the reason, not fatal; any other error stops the comparison."""
+    import time
+
+    from kdlib.teacher import Unsupported
+
+    results, wall, skipped = {}, {}, {}
+    for name in names:
+        start = time.monotonic()
+        try:
+            results[name] = run(name)
+        except Unsupported as exc:
+            skipped[name] = str(exc)
+            continue
+        wall[name] = time.monotonic() - start
+    return results, wall, skipped
+
+
 # ----------------------------------------------------------------------------- tables and verdicts
 
 def _paired(runs, metric: str, a: str, b: str, where: dict | None = None) -> np.ndarray:

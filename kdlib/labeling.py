@@ -287,27 +287,20 @@ def compare_strategies(teacher, texts: Sequence[str], label_names: Sequence[str]
     """Label `texts` under each named decoding strategy (`kdlib.decoding`; sampled ones vote over `n_votes`,
     "[structured]" ones answer within the label set). Returns (annotations by strategy, quality table with
     tokens and wall time, {strategy: why it was skipped}) — a strategy the backend refuses is skipped, not fatal."""
-    import time
-
     import pandas as pd
 
     from kdlib import decoding
-    from kdlib.teacher import Unsupported
+    from kdlib.experiment import run_each
 
-    anns, rows, skipped = {}, [], {}
-    for name in strategies:
+    def run(name):
         knobs = decoding.strategy(name, temperature)
-        start = time.monotonic()
-        try:
-            ann = annotate_generate(teacher, texts, label_names, shots, n=1 if knobs["temperature"] == 0 else n_votes,
-                                    seed=seed, max_new_tokens=max_new_tokens, task=task, method=name, decoding=knobs,
-                                    structured=decoding.is_structured(name))
-        except Unsupported as exc:  # e.g. a server that refuses min_p
-            skipped[name] = str(exc)
-            continue
-        anns[name] = ann
-        rows.append({"strategy": name, **_quality_row(ann.labels, gold, reference, label_names), "tokens": ann.tokens,
-                     "wall_s": time.monotonic() - start})
+        return annotate_generate(teacher, texts, label_names, shots, n=1 if knobs["temperature"] == 0 else n_votes,
+                                 seed=seed, max_new_tokens=max_new_tokens, task=task, method=name, decoding=knobs,
+                                 structured=decoding.is_structured(name))
+
+    anns, wall, skipped = run_each(strategies, run)
+    rows = [{"strategy": m, **_quality_row(a.labels, gold, reference, label_names), "tokens": a.tokens, "wall_s": wall[m]}
+            for m, a in anns.items()]
     return anns, pd.DataFrame(rows, columns=None if rows else ["strategy", "tokens"]), skipped
 
 

@@ -140,25 +140,18 @@ def compare_strategies(teacher, sentences: Sequence[Sequence[str]], entity_types
                        strategies: Sequence[str], gold: Sequence[Sequence[str]], max_new_tokens: int = 96, seed: int = 0):
     """Markup-copy labels under each deterministic decoding strategy (`kdlib.decoding`; "[structured]" ones are
     constrained to a marked copy of their sentence). Returns (annotations, quality table, {strategy: why skipped})."""
-    import time
-
     import pandas as pd
 
     from kdlib import decoding
-    from kdlib.teacher import Unsupported
+    from kdlib.experiment import run_each
 
-    anns, rows, skipped = {}, [], {}
-    for name in strategies:
-        start = time.monotonic()
-        try:
-            anns[name] = annotate(teacher, sentences, entity_types, shots, max_new_tokens=max_new_tokens, method=name,
-                                  seed=seed, structured=decoding.is_structured(name), **decoding.strategy(name, 0.0))
-        except Unsupported as exc:
-            skipped[name] = str(exc)
-            continue
-        rows.append({"strategy": name, **quality(anns[name], gold), "parse_rate": 1 - anns[name].rejection_rate,
-                     "wall_s": time.monotonic() - start,
-                     "mentions_not_found": anns[name].problems["mention_not_in_sentence"]})
+    def run(name):
+        return annotate(teacher, sentences, entity_types, shots, max_new_tokens=max_new_tokens, method=name, seed=seed,
+                        structured=decoding.is_structured(name), **decoding.strategy(name, 0.0))
+
+    anns, wall, skipped = run_each(strategies, run)
+    rows = [{"strategy": m, **quality(a, gold), "parse_rate": 1 - a.rejection_rate, "wall_s": wall[m],
+             "mentions_not_found": a.problems["mention_not_in_sentence"]} for m, a in anns.items()]
     return anns, pd.DataFrame(rows, columns=None if rows else ["strategy", "tokens"]), skipped
 
 

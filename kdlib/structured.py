@@ -7,7 +7,7 @@ where the grammar may end.
 
 Library: llguidance (the Rust engine behind llama.cpp's and vLLM's guidance backend). Measured here
 against xgrammar 0.2.9 on SmolLM2's 49,152-token vocabulary, a {text, label} schema, 32 rows, one CPU
-thread (/tmp scratch measurement, stop 22): computing the 32 allowed-token bitmasks took 0.74 ms per step
+thread (measured by hand once while choosing, not a benchmark of record): computing the 32 allowed-token bitmasks took 0.74 ms per step
 with llguidance and 0.43 ms with xgrammar — both negligible beside a ~100 ms decode step — but xgrammar
 requires torch, transformers and triton (hundreds of MB of CUDA tooling on a CPU box) while llguidance is
 one dependency-free wheel. Neither library's CPU "apply the bitmask to the logits" is cheap (llguidance's

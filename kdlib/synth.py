@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from kdlib.dedup import dedup
 from kdlib.parse import ParseReport, parse_classification
-from kdlib.structured import json_schema
+from kdlib.structured import chars_within, json_schema, texts_schema
 
 # What a text of a known dataset is, and what each label means: better prompts than bare label
 # names. Any other dataset gets a generic description from its label names (override with `TaskSpec`).
@@ -97,8 +97,6 @@ def generation_prompt(spec: TaskSpec, label: str, per_prompt: int, examples: Seq
 def output_schema(per_prompt: int, min_chars: int = 10, max_new_tokens: int = 160) -> dict:
     """The JSON schema of a structured generation answer: {"texts": [per_prompt strings]}, each text short
     enough for all of them to fit in `max_new_tokens` (`kdlib.structured.chars_within`)."""
-    from kdlib.structured import chars_within, texts_schema
-
     longest = max(min_chars + 8, min(240, chars_within(max_new_tokens, per_prompt)))
     return texts_schema(per_prompt, min_chars=min_chars, max_chars=longest)
 
@@ -293,28 +291,24 @@ def compare_strategies(teacher, spec: TaskSpec, per_label: int, plan: Sequence[t
     """`synthesize` under each (decoding strategy, best_of) of `plan` (`kdlib.decoding` names; "[structured]"
     ones constrained to the JSON schema). Returns (results by label, quality table, {label: why skipped}); a
     best-of-n entry is labelled "best-of-n". `kw` goes to `synthesize` (per_prompt, max_new_tokens, seed, ...)."""
-    import time
-
     import pandas as pd
 
     from kdlib import decoding
-    from kdlib.teacher import Unsupported
+    from kdlib.experiment import run_each
 
-    results, rows, skipped = {}, [], {}
-    for name, n_best in plan:
+    best = {(name if n_best == 1 else f"best-of-{n_best}"): (name, n_best) for name, n_best in plan}
+
+    def run(label):
+        name, n_best = best[label]
         knobs = decoding.strategy(name, temperature)
-        label = name if n_best == 1 else f"best-of-{n_best}"
-        start = time.monotonic()
-        try:
-            res = synthesize(teacher, spec, per_label, temperature=knobs.pop("temperature"), top_p=knobs.pop("top_p", 1.0),
-                             decoding=knobs, best_of=n_best, scorer=scorer if n_best > 1 else None,
-                             structured=decoding.is_structured(name), **kw)
-        except Unsupported as exc:
-            skipped[label] = str(exc)
-            continue
-        results[label] = res
+        return synthesize(teacher, spec, per_label, temperature=knobs.pop("temperature"), top_p=knobs.pop("top_p", 1.0),
+                          decoding=knobs, best_of=n_best, scorer=scorer if n_best > 1 else None,
+                          structured=decoding.is_structured(name), **kw)
+
+    results, wall, skipped = run_each(list(best), run)
+    rows = []
+    for label, res in results.items():
         q = quality(res.rows, spec.label_names, reference)
         rows.append({"strategy": label, "rows": len(res.rows), "tokens": res.tokens, "parse_rate": res.parse_rate,
-                     "wall_s": time.monotonic() - start,
-                     **{k: q.get(k) for k in ("fidelity", "distinct2", "self_bleu", "balance")}})
+                     "wall_s": wall[label], **{k: q.get(k) for k in ("fidelity", "distinct2", "self_bleu", "balance")}})
     return results, pd.DataFrame(rows, columns=None if rows else ["strategy", "rows", "tokens", "parse_rate"]), skipped
