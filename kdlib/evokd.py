@@ -145,11 +145,12 @@ class ClassificationTask:
 
     def output_grammar(self, n: int, max_new_tokens: int = 256) -> str:
         """The grammar of a structured answer: {"samples": [n {text, label from the label set}]}, each text
-        short enough for all n to fit in `max_new_tokens`."""
-        from kdlib.structured import chars_within, json_schema, sample_schema
+        capped in tokens so that all n always fit in `max_new_tokens` (and in characters for servers)."""
+        from kdlib.structured import chars_within, json_schema, sample_schema, string_budget
 
         longest = min(400, chars_within(max_new_tokens, n, overhead_tokens=12))
-        return json_schema(sample_schema(self.labels, items=n, min_chars=10, max_chars=max(longest, 24)), compact=True)
+        schema = sample_schema(self.labels, items=n, min_chars=10, max_chars=max(longest, 24))
+        return json_schema(schema, compact=True, string_max_tokens=string_budget(max_new_tokens - 4, n, 12))
 
     def parse(self, outputs: Sequence[str]) -> ParseReport:
         return parse_classification([split_inline_list(o) for o in outputs], self.labels, min_chars=10)
@@ -224,11 +225,11 @@ class NERTask:
 
     def output_grammar(self, n: int, max_new_tokens: int = 256) -> str:
         """The grammar of a structured answer: n lines of words and [entity](TYPE) marks of known types,
-        each line short enough for all n to fit in `max_new_tokens` (~2 tokens per word or mark)."""
+        each line capped in tokens so that all n always fit in `max_new_tokens`."""
         from kdlib.structured import markup_grammar
 
-        return markup_grammar(list(self.types), lines=n, max_words=max(4, min(40, max_new_tokens // (2 * n) - 1)),
-                              require_entity=True)
+        return markup_grammar(list(self.types), lines=n, max_words=40, require_entity=True,
+                              line_max_tokens=max(8, max_new_tokens // n - 1))
 
     def parse(self, outputs: Sequence[str]) -> ParseReport:
         return parse_ner([split_inline_list(o) for o in outputs], list(self.types), min_tokens=3)

@@ -258,6 +258,11 @@ def _ner_example(sentence, ents, cfg: _NerCfg, report: ParseReport, raw) -> None
     # A lone quote is a token in a sentence ('" We do n't ...'), not truncation debris.
     plain, spans, nested = _strip_markup(normalise_text(sentence, lone_quotes=False))
     problems += [(sentence, "overlapping_span")] * nested
+    cut = plain.rfind("[")
+    if cut >= 0 and "]" not in plain[cut:] and all(end <= cut for _, end, _ in spans):
+        # a line cut by a token limit inside an entity ("... to meet in [Gen"): keep the words before it
+        plain = plain[:cut].rstrip()
+        report.repairs["cut_entity"] += 1
     if _looks_marked(plain, cfg):  # markup left over: "<LOC>Paris</PER>", nested brackets
         return report.reject(raw, "bad_markup")
     tokens = _tokens_with_offsets(plain, cfg.tokenizer)

@@ -35,12 +35,18 @@ from dataclasses import dataclass
 _KINDS = ("json_schema", "lark")
 
 
-def json_schema(schema: dict | str, compact: bool = False) -> str:
+def json_schema(schema: dict | str, compact: bool = False, string_max_tokens: int = 0) -> str:
     """A grammar spec (canonical JSON text) from a JSON schema; malformed schemas fail here, by name.
 
     `compact` fixes the layout to one line with ", " and ": " separators (llguidance's x-guidance options):
     a small model given free whitespace can spend its token budget on newlines and indentation, and an
-    answer cut by the token limit loses its last items. Servers get the schema without these options."""
+    answer cut by the token limit loses its last items. Servers get the schema without these options.
+
+    `string_max_tokens` > 0 also caps every string at that many tokens (then the layout is compact too): the
+    local grammar ends a string once it has used its tokens, so an answer of n strings always closes within
+    its budget (`string_budget`), whatever the characters-per-token of what the model writes. llguidance's
+    JSON-schema compiler has no such cap but its Lark dialect has (`rule[max_tokens=N]`), so such a schema is
+    compiled through `schema_lark` (the subset of JSON schema our recipes use)."""
     if isinstance(schema, str):
         try:
             schema = json.loads(schema)
@@ -48,9 +54,73 @@ def json_schema(schema: dict | str, compact: bool = False) -> str:
             raise ValueError(f"json_schema is not valid JSON: {exc}") from None
     if not isinstance(schema, dict) or not schema:
         raise ValueError(f"a JSON schema must be a non-empty object, got {schema!r}")
+    if string_max_tokens:
+        if string_max_tokens < 1:
+            raise ValueError(f"string_max_tokens must be >= 1 (0: no cap), got {string_max_tokens}")
+        schema_lark(schema, string_max_tokens)  # refuses, by keyword, what the converter does not cover
+        schema = {**schema, _TOKEN_CAP: int(string_max_tokens)}
     if compact:
         schema = {**schema, "x-guidance": {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}}
     return json.dumps({"json_schema": schema}, sort_keys=True, ensure_ascii=False)
+
+
+_TOKEN_CAP = "x-kdlib-string-max-tokens"
+# one JSON string character: anything but a quote, a backslash or a control character, or a simple escape
+# (not \\/, whose slash would end the Lark regex literal; JSON never needs it)
+_JSON_CHAR = r'([^"\\\x00-\x1f]|\\["\\bfnrt])'
+
+
+def schema_lark(schema: dict, string_max_tokens: int) -> str:
+    """A Lark grammar (llguidance's dialect) for the answers `schema` allows, in compact layout, each string
+    at most `string_max_tokens` tokens long. Covers objects whose properties are all required (in the
+    order of `required`, no others), arrays with item bounds, strings with length bounds, enum and const; any
+    other keyword is refused by name rather than silently ignored. The token cap wins over minLength: a string
+    cut at its cap may be shorter (the parsers' `min_chars` then rejects it as ``too_short``)."""
+    rules: list[str] = []
+
+    def lit(text: str) -> str:
+        return json.dumps(text, ensure_ascii=False)
+
+    def expr(node: dict) -> str:
+        known = {"type", "properties", "required", "additionalProperties", "items", "minItems", "maxItems",
+                 "minLength", "maxLength", "enum", "const", "x-guidance", _TOKEN_CAP, "description", "title"}
+        unknown = sorted(set(node) - known)
+        if unknown:
+            raise ValueError(f"string_max_tokens covers a subset of JSON schema; not {unknown}")
+        if "enum" in node or "const" in node:
+            values = node["enum"] if "enum" in node else [node["const"]]
+            return "(" + " | ".join(lit(json.dumps(v, ensure_ascii=False)) for v in values) + ")"
+        kind = node.get("type")
+        if kind == "string":
+            name = f"string{len(rules)}"
+            lo, hi = int(node.get("minLength", 0)), node.get("maxLength")
+            rules.append(f"{name}[max_tokens={int(string_max_tokens)}]: /{_JSON_CHAR}{{{lo},{'' if hi is None else int(hi)}}}/")
+            return f'"\\"" {name} "\\""'
+        if kind == "object":
+            props, required = node.get("properties", {}), node.get("required", [])
+            if set(required) != set(props) or node.get("additionalProperties", True) is not False:
+                raise ValueError("string_max_tokens needs objects whose properties are all required and "
+                                 "additionalProperties: false")
+            # in `required` order (a list survives the spec's sorted keys; a dict's order does not)
+            parts = [f"{lit(json.dumps(key, ensure_ascii=False) + ': ')} {expr(props[key])}" for key in required]
+            return '"{" ' + ' ", " '.join(parts) + ' "}"'
+        if kind == "array":
+            item = expr(node.get("items", {}))
+            lo, hi = int(node.get("minItems", 0)), node.get("maxItems")
+            rest = f'(", " {item}){{{max(lo - 1, 0)},{"" if hi is None else int(hi) - 1}}}'
+            body = f"{item} {rest}" if lo >= 1 else f"({item} {rest})?"
+            return f'"[" {body} "]"'
+        raise ValueError(f"string_max_tokens covers types string, object and array (and enum/const); "
+                         f"not {kind!r}")
+
+    start = expr(schema)
+    return "\n".join([f"start: {start}", *rules]) + "\n"
+
+
+def string_budget(max_new_tokens: int, strings: int, overhead_tokens: int = 4) -> int:
+    """Tokens each of `strings` strings may use so that all of them, with `overhead_tokens` of JSON
+    punctuation and keys each, fit in `max_new_tokens` (the `string_max_tokens` of `json_schema`)."""
+    return max(4, max_new_tokens // max(strings, 1) - overhead_tokens)
 
 
 def lark(grammar: str) -> str:
@@ -74,7 +144,7 @@ def check_spec(spec: str) -> None:
 def schema_of(spec: str) -> dict | None:
     """The JSON schema inside a grammar spec (what an HTTP server's response_format takes), else None."""
     schema = json.loads(spec).get("json_schema") if spec else None
-    return {k: v for k, v in schema.items() if k != "x-guidance"} if schema else schema
+    return {k: v for k, v in schema.items() if not k.startswith("x-")} if schema else schema
 
 
 def chars_within(max_new_tokens: int, items: int, overhead_tokens: int = 4, chars_per_token: float = 2.5) -> int:
@@ -108,15 +178,34 @@ def texts_schema(n: int, *, min_chars: int = 10, max_chars: int = 400) -> dict:
 
 
 def markup_grammar(entity_types: Sequence[str], lines: int = 1, max_words: int = 40,
-                   require_entity: bool = False) -> str:
+                   require_entity: bool = False, line_max_tokens: int = 0) -> str:
     """A Lark grammar spec for NER markup: `lines` sentences of 3..max_words pieces, each a plain word or
     an entity "[words](TYPE)" with TYPE one of `entity_types` (what `kdlib.parse_ner` reads).
     `require_entity` makes every line hold at least one entity (for writing new examples, where a line
-    with no mark cannot be told from prose; not for marking up a given sentence, which may have none)."""
+    with no mark cannot be told from prose; not for marking up a given sentence, which may have none).
+
+    `line_max_tokens` > 0 caps every line at that many tokens, so that `lines` lines always fit in
+    lines * (line_max_tokens + 1) tokens, whatever the model writes (a word-count bound cannot promise that:
+    a small model's made-up words cost many tokens each; measured on CoNLL-style requests, 4 lines of up
+    to 31 words used 231 of 256 tokens on average and a quarter of the requested lines were lost to the cut).
+    A capped line is one lexeme (its markup is a regular language), and llguidance ends a lexeme at its
+    cap: a line cut inside an entity leaves it unclosed, which `kdlib.parse_ner` drops with the words after it."""
     if not entity_types or lines < 1 or max_words < 3:
         raise ValueError("markup_grammar needs at least one entity type, one line and max_words >= 3")
-    types = " | ".join(json.dumps(t) for t in entity_types)
+    if line_max_tokens < 0:
+        raise ValueError(f"line_max_tokens must be >= 0 (0: no cap), got {line_max_tokens}")
     sentence = " \"\\n\" ".join(["sentence"] * lines)
+    if line_max_tokens:
+        word = r"[^\s\[\]()\/]{1,20}"
+        entity = rf"\[{word}( {word}){{0,3}}\]\(({'|'.join(_regex_literal(t) for t in entity_types)})\)"
+        piece = f"({word}|{entity})"
+        if require_entity:  # the first entity comes early: a line cut before its entity would not parse
+            lead = min(3, (max_words - 1) // 2)
+            body = f"({piece} ){{0,{lead}}}{entity}( {piece}){{1,{max_words - 1 - lead}}}"
+        else:
+            body = f"{piece}( {piece}){{2,{max_words - 1}}}"
+        return lark(f"start: {sentence}\nsentence[max_tokens={int(line_max_tokens)}]: /{body}/\n")
+    types = " | ".join(json.dumps(t) for t in entity_types)
     if require_entity:
         half = (max_words - 1) // 2
         body = f'(piece " "){{0,{half}}} entity (" " piece){{1,{max_words - 1 - half}}}'
@@ -130,6 +219,13 @@ etype: {types}
 WORD: /[^\s\[\]()]{{1,30}}/
 """
     return lark(grammar)
+
+
+def _regex_literal(text: str) -> str:
+    """`text` matched literally inside a Lark regex (Rust regex syntax; "/" escaped for the Lark literal)."""
+    if "\n" in text:
+        raise ValueError(f"an entity type cannot hold a newline: {text!r}")
+    return "".join("\\" + c if c in r"\.+*?()|[]{}^$#&-~/" else c for c in text)
 
 
 def copy_markup_grammar(tokens: Sequence[str], entity_types: Sequence[str]) -> str:
@@ -182,6 +278,8 @@ def _compiled(spec: str) -> str:
 
     parsed = json.loads(spec)
     kind = next(iter(parsed))
+    if kind == "json_schema" and _TOKEN_CAP in parsed[kind]:
+        return llguidance.LLMatcher.grammar_from_lark(schema_lark(parsed[kind], parsed[kind][_TOKEN_CAP]))
     if kind == "json_schema":
         return llguidance.LLMatcher.grammar_from_json_schema(json.dumps(parsed[kind]))
     if kind == "lark":

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from kdlib.dedup import dedup
 from kdlib.parse import ParseReport, parse_classification
-from kdlib.structured import chars_within, json_schema, texts_schema
+from kdlib.structured import chars_within, json_schema, string_budget, texts_schema
 
 # What a text of a known dataset is, and what each label means: better prompts than bare label
 # names. Any other dataset gets a generic description from its label names (override with `TaskSpec`).
@@ -96,7 +96,8 @@ def generation_prompt(spec: TaskSpec, label: str, per_prompt: int, examples: Seq
 
 def output_schema(per_prompt: int, min_chars: int = 10, max_new_tokens: int = 160) -> dict:
     """The JSON schema of a structured generation answer: {"texts": [per_prompt strings]}, each text short
-    enough for all of them to fit in `max_new_tokens` (`kdlib.structured.chars_within`)."""
+    enough for all of them to fit in `max_new_tokens` (`kdlib.structured.chars_within`: what a server gets;
+    the local grammar also caps each text in tokens, `string_budget`)."""
     longest = max(min_chars + 8, min(240, chars_within(max_new_tokens, per_prompt)))
     return texts_schema(per_prompt, min_chars=min_chars, max_chars=longest)
 
@@ -160,7 +161,8 @@ def synthesize(teacher, spec: TaskSpec, per_label: int, *, examples: dict[str, S
         raise ValueError(f"examples for labels {sorted(unknown)} not in {spec.label_names}")
     t = teacher.with_cache(teacher.cache)
     requests = _requests(spec, examples, per_prompt, prompts_per_label, style, random.Random(seed), structured)
-    grammar = {"grammar": json_schema(output_schema(per_prompt, min_chars, max_new_tokens), compact=True)} if structured else {}
+    grammar = {"grammar": json_schema(output_schema(per_prompt, min_chars, max_new_tokens), compact=True,
+                                      string_max_tokens=string_budget(max_new_tokens - 6, per_prompt))} if structured else {}
     seeds = [{"text": x} for v in examples.values() for x in v]
     # each sample yields about `per_prompt` texts; ask for enough, then more while some label is short
     samples = max(1, math.ceil(per_label / per_prompt))   # per label, over all its distinct prompts

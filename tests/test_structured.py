@@ -139,3 +139,54 @@ def test_per_prompt_grammars(teacher):
     assert outs[0] in ("red", "blue") and outs[1] in ("apple", "pear")
     with pytest.raises(ValueError, match="one spec per prompt"):
         teacher.texts(prompts, max_new_tokens=4, grammars=grammars[:1])
+
+
+def _random_walk(constraint, seed: int, steps: int = 400) -> list[int]:
+    """Tokens drawn uniformly from the allowed set until the grammar stops: the worst writer a grammar meets."""
+    import random
+
+    import numpy as np
+
+    m, out, rng = constraint.matcher(), [], random.Random(seed)
+    while not m.done and len(out) < steps:
+        allowed = np.nonzero(np.unpackbits(m.allowed_bits().view(np.uint8), bitorder="little")[:constraint.vocab_size])[0]
+        out.append(int(allowed[rng.randrange(len(allowed))]))
+        m.consume(out[-1])
+    assert m.done, "the grammar should have closed the answer"
+    return out
+
+
+def test_string_token_caps_close_every_answer_within_its_budget(teacher):
+    """With string_max_tokens, even uniformly random tokens give a finished answer of the schema whose length
+    the caps bound (without them, made-up words at ~2 characters a token overran the budget mid-string)."""
+    schema = structured.sample_schema(LABELS, items=3, min_chars=3, max_chars=200)
+    spec = structured.json_schema(schema, compact=True, string_max_tokens=6)
+    assert structured.schema_of(spec) == schema  # servers get the plain schema
+    assert spec != structured.json_schema(schema, compact=True)  # and the cap is part of the cache key
+    constraint = structured.Constraint.for_tokenizer(teacher.tokenizer, spec)
+    for seed in range(3):
+        tokens = _random_walk(constraint, seed)
+        value = json.loads(teacher.tokenizer.decode(tokens))
+        assert list(value) == ["samples"] and len(value["samples"]) == 3
+        assert all(list(s) == ["text", "label"] and s["label"] in LABELS for s in value["samples"])  # asked order
+        assert len(tokens) <= 3 * (6 + 12) + 6
+    for bad in ({"type": "string", "pattern": "a+"}, {"type": "object", "properties": {"a": {"type": "string"}}}):
+        with pytest.raises(ValueError, match="string_max_tokens"):
+            structured.json_schema(bad, string_max_tokens=4)
+
+
+def test_line_token_caps_keep_every_markup_line_parsable(teacher):
+    """Capped markup lines always fit (lines x (cap + 1) tokens) and parse, a line cut inside an entity
+    included (the parser keeps the words before the open bracket, counted as a repair)."""
+    spec = structured.markup_grammar(["PER", "LOC", "ORG"], lines=3, max_words=40, require_entity=True,
+                                     line_max_tokens=20)
+    constraint = structured.Constraint.for_tokenizer(teacher.tokenizer, spec)
+    for seed in range(3):
+        tokens = _random_walk(constraint, seed)
+        assert len(tokens) <= 3 * 21
+        assert len(teacher.tokenizer.decode(tokens).split("\n")) == 3
+    cut = parse_ner(["The [UN](ORG) said it would meet in [Gen"], ["PER", "LOC", "ORG"])
+    assert cut.kept == [{"tokens": ["The", "UN", "said", "it", "would", "meet", "in"],
+                         "tags": ["O", "B-ORG", "O", "O", "O", "O", "O"]}] and cut.repairs["cut_entity"] == 1
+    with pytest.raises(ValueError, match="line_max_tokens"):
+        structured.markup_grammar(["PER"], line_max_tokens=-1)
