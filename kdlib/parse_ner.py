@@ -115,6 +115,8 @@ NER_SYNONYMS = {"person": "PER", "people": "PER", "location": "LOC", "place": "L
 # Entity text is bounded so that unclosed tags in a long output cannot make the scan quadratic.
 _MARKUP = re.compile(r"\[(?P<t1>[^\[\]\n]{1,150}?)\]\(\s*(?P<y1>[^()\n]{1,30}?)\s*\)"
                      r"|<(?P<y2>[A-Za-z][\w-]{0,29})>(?P<t2>.{0,150}?)</(?P=y2)\s*>", re.S | re.I)
+# a line that ends inside an opened entity ("... in [Gen", "... in [Geneva]", "... in [Geneva](LO"): markup cut by a token limit
+_CUT_ENTITY = re.compile(r"\[[^\[\]()\n]*(?:\](?:\([^()\n]*)?)?$")
 _TAG_LEFT = re.compile(r"</?([A-Za-z][\w-]{0,29})>")
 _ENTITY_ITEM = re.compile(r"^(?P<a>.+?)\s*(?:[\[(]\s*(?P<b1>[^\[\]()]+?)\s*[\])]"
                           r"|(?:[:=]|->|\s[-–—]\s)\s*(?P<b2>.+?))\s*$")
@@ -256,13 +258,13 @@ def _ner_example(sentence, ents, cfg: _NerCfg, report: ParseReport, raw) -> None
         return report.reject(raw, "missing_field")
     problems: list = []
     # A lone quote is a token in a sentence ('" We do n't ...'), not truncation debris.
-    plain, spans, nested = _strip_markup(normalise_text(sentence, lone_quotes=False))
-    problems += [(sentence, "overlapping_span")] * nested
-    cut = plain.rfind("[")
-    if cut >= 0 and "]" not in plain[cut:] and all(end <= cut for _, end, _ in spans):
-        # a line cut by a token limit inside an entity ("... to meet in [Gen"): keep the words before it
-        plain = plain[:cut].rstrip()
+    sentence = normalise_text(sentence, lone_quotes=False)
+    cut = _CUT_ENTITY.search(sentence)
+    if cut:  # a line cut by a token limit inside an entity: keep the words before it
+        sentence = sentence[:cut.start()].rstrip()
         report.repairs["cut_entity"] += 1
+    plain, spans, nested = _strip_markup(sentence)
+    problems += [(sentence, "overlapping_span")] * nested
     if _looks_marked(plain, cfg):  # markup left over: "<LOC>Paris</PER>", nested brackets
         return report.reject(raw, "bad_markup")
     tokens = _tokens_with_offsets(plain, cfg.tokenizer)
@@ -351,7 +353,7 @@ def _ner_free_text(raw: str, cfg: _NerCfg, report: ParseReport) -> None:
             if len(block) == 2:
                 _ner_example(block["sentence"], block["entities"], cfg, report, block)
                 block = {}
-        elif _MARKUP.search(s) or _looks_marked(s, cfg):
+        elif _MARKUP.search(s) or _looks_marked(s, cfg) or _CUT_ENTITY.search(s):
             _ner_example(s, None, cfg, report, line)
     if block:
         report.reject(block, "missing_field")

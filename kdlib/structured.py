@@ -189,19 +189,24 @@ def markup_grammar(entity_types: Sequence[str], lines: int = 1, max_words: int =
     a small model's made-up words cost many tokens each; measured on CoNLL-style requests, 4 lines of up
     to 31 words used 231 of 256 tokens on average and a quarter of the requested lines were lost to the cut).
     A capped line is one lexeme (its markup is a regular language), and llguidance ends a lexeme at its
-    cap: a line cut inside an entity leaves it unclosed, which `kdlib.parse_ner` drops with the words after it."""
+    cap: a line cut inside an entity leaves it unclosed, which `kdlib.parse_ner` drops with the words after it.
+    With `require_entity` the first entity opens after at most as many words as the cap surely holds, so every
+    capped line carries markup (a line cut before its first mark would read as prose and be lost)."""
     if not entity_types or lines < 1 or max_words < 3:
         raise ValueError("markup_grammar needs at least one entity type, one line and max_words >= 3")
     if line_max_tokens < 0:
         raise ValueError(f"line_max_tokens must be >= 0 (0: no cap), got {line_max_tokens}")
     sentence = " \"\\n\" ".join(["sentence"] * lines)
     if line_max_tokens:
-        word = r"[^\s\[\]()\/]{1,20}"
-        entity = rf"\[{word}( {word}){{0,3}}\]\(({'|'.join(_regex_literal(t) for t in entity_types)})\)"
+        # a word starts with a letter or digit (or is a run of at most two punctuation marks: ".", ",", "--");
+        # an entity's words start with a letter or digit: "[:::](LOC)" is debris, not an entity
+        name = r"[\p{L}\p{N}][^\s\[\]()\/]{0,19}"
+        word = rf"({name}|[^\s\[\]()\/\p{{L}}\p{{N}}]{{1,2}})"
+        entity = rf"\[{name}( {name}){{0,3}}\]\(({'|'.join(_regex_literal(t) for t in entity_types)})\)"
         piece = f"({word}|{entity})"
-        if require_entity:  # the first entity comes early: a line cut before its entity would not parse
-            lead = min(3, (max_words - 1) // 2)
-            body = f"({piece} ){{0,{lead}}}{entity}( {piece}){{1,{max_words - 1 - lead}}}"
+        if require_entity:  # the entity opens within the cap even after the longest words (<= 21 tokens each
+            lead = max(0, min(3, (max_words - 1) // 2, (line_max_tokens - 2) // 21))  # with their space)
+            body = f"({piece} ){{0,{lead}}}{entity}( {piece}){{2,{max_words - 1 - lead}}}"
         else:
             body = f"{piece}( {piece}){{2,{max_words - 1}}}"
         return lark(f"start: {sentence}\nsentence[max_tokens={int(line_max_tokens)}]: /{body}/\n")
