@@ -7,7 +7,8 @@ Resolution order for `load(name_or_path)`:
 
 Every split comes back with the same normalised schema:
 - classification: ``text`` (string), ``label`` (ClassLabel);
-- NER: ``tokens`` (sequence of string), ``tags`` (sequence of ClassLabel, BIO/IOB2).
+- NER: ``tokens`` (sequence of string), ``tags`` (sequence of ClassLabel, BIO/IOB2);
+- question answering (`kdlib.data_qa`): extractive (SQuAD schema, answer spans checked) or yes/no/maybe.
 Bad data (missing field, unknown label, empty split, unreadable file) raises
 `DataError` naming the file and the row.
 """
@@ -21,6 +22,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from kdlib import data_qa
 from kdlib.hub import hub_available
 from kdlib.paths import data_mirror_dir
 
@@ -38,6 +40,8 @@ HUB_IDS = {
     "allocine_fr": ("tblard/allocine", None, {"train": "train", "validation": "validation", "test": "test"}),
     "tweet_sentiment_fr": ("cardiffnlp/tweet_sentiment_multilingual", "french",
                            {"train": "train", "validation": "validation", "test": "test"}),
+    "squad": ("rajpurkar/squad", None, {"train": "train", "test": "validation"}),
+    "pubmedqa": ("qiaojin/PubMedQA", "pqa_labeled", {"train": "train"}),
 }
 
 
@@ -103,15 +107,21 @@ def infer_task(rows: list[dict], where: str) -> str:
     if not rows:
         raise DataError(f"{where}: empty split")
     first = rows[0]
+    qa = data_qa.infer(first) if isinstance(first, dict) else None
+    if qa:
+        return qa
     if "tokens" in first or "tags" in first:
         return "ner"
     if "text" in first or "label" in first:
         return "classification"
-    raise DataError(f"{where}, row 1: expected fields text+label (classification) or tokens+tags (NER), "
+    raise DataError(f"{where}, row 1: expected fields text+label (classification), tokens+tags (NER), "
+                    f"question+context+answers (extractive QA) or question+context+label (yes/no QA), "
                     f"found {sorted(first)}")
 
 
 def _check_rows(rows: list[dict], task: str, where: str) -> None:
+    if task in data_qa.TASKS:
+        return data_qa.check_rows(rows, task, where, DataError)
     if not rows:
         raise DataError(f"{where}: empty split")
     for i, row in enumerate(rows, 1):
@@ -130,9 +140,11 @@ def _check_rows(rows: list[dict], task: str, where: str) -> None:
 
 
 def _check_labels(rows: list[dict], task: str, names: list[str], where: str) -> None:
+    if task == "extractive_qa":
+        return
     allowed = set(names)
     for i, row in enumerate(rows, 1):
-        values = [str(row["label"])] if task == "classification" else [str(t) for t in row["tags"]]
+        values = [str(t) for t in row["tags"]] if task == "ner" else [str(row["label"])]
         for value in values:
             if value not in allowed:
                 raise DataError(f"{where}, row {i}: label {value!r} is not in the label set {names}")
@@ -155,6 +167,8 @@ def tag_order(tags: set[str]) -> list[str]:
 def _to_dataset(rows: list[dict], task: str, names: list[str]):
     import datasets
 
+    if task in data_qa.TASKS:
+        return data_qa.to_dataset(rows, task, names)
     if task == "classification":
         features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=names)})
         return datasets.Dataset.from_dict(
@@ -178,10 +192,12 @@ def from_records(splits: dict[str, list[dict]], where: dict[str, str] | None = N
     task = task or infer_task(splits["train"], where["train"])
     for split, rows in splits.items():
         _check_rows(rows, task, where[split])
-    if labels is None:
-        seen = ({str(r["label"]) for r in splits["train"]} if task == "classification"
-                else {str(t) for r in splits["train"] for t in r["tags"]})
-        labels = sorted(seen) if task == "classification" else tag_order(seen)
+    if labels is None and task == "extractive_qa":
+        labels = []
+    elif labels is None:
+        seen = ({str(t) for r in splits["train"] for t in r["tags"]} if task == "ner"
+                else {str(r["label"]) for r in splits["train"]})
+        labels = tag_order(seen) if task == "ner" else sorted(seen)
     for split, rows in splits.items():
         _check_labels(rows, task, labels, where[split])
     ordered = sorted(splits, key=lambda s: SPLIT_NAMES.index(s) if s in SPLIT_NAMES else len(SPLIT_NAMES))
@@ -248,6 +264,9 @@ def _normalise_hub(dd):
     out = {}
     for split, ds in dd.items():
         cols = ds.column_names
+        if "question" in cols:
+            out[split] = [data_qa.from_hub_row(r) for r in ds]
+            continue
         if "tokens" in cols:
             tag_col = next(c for c in ("tags", "ner_tags") if c in cols)
             names = ds.features[tag_col].feature.names
@@ -274,7 +293,7 @@ def load_hub(name: str):
 def load(name_or_path: str, *, labels: list[str] | None = None, complete: bool = True,
          validation_fraction: float = 0.1, seed: int = 0, task: str | None = None):
     """Load a dataset by registry name, hub id or path; see the module docstring for the order.
-    `task` ("classification" or "ner"), when given, refuses a dataset of the other kind by name."""
+    `task` ("classification", "ner", "extractive_qa", "yes_no_qa"), when given, refuses another kind by name."""
     dd = _load(name_or_path, labels, complete, validation_fraction, seed)
     if task is not None and task_of(dd) != task:
         raise DataError(f"{name_or_path!r} is a {task_of(dd)} dataset; a {task} dataset is needed here")
@@ -304,7 +323,7 @@ def _load(name_or_path: str, labels, complete: bool, validation_fraction: float,
                 raise DataError(
                     f"dataset {name_or_path!r} could not be found. Tried: " + "; ".join(tried)
                     + f". Known mirror datasets: {known}. Pass a path to a folder of train/validation/test "
-                    "files (.jsonl[.gz]/.json/.csv/.tsv with text+label or tokens+tags), "
+                    "files (.jsonl[.gz]/.json/.csv/.tsv with text+label, tokens+tags or question+context+answers), "
                     "or set KDLIB_DATA_DIR to a mirror.") from None
     return complete_splits(dd, validation_fraction, seed) if complete else dd
 
@@ -329,19 +348,26 @@ def to_frame(ds):
 
 
 def task_of(ds) -> str:
-    """'classification' or 'ner', from a Dataset's or DatasetDict's features."""
+    """'classification', 'ner', 'extractive_qa' or 'yes_no_qa', from a Dataset's or DatasetDict's features."""
     features = ds["train"].features if hasattr(ds, "keys") and "train" in ds else ds.features
+    if "question" in features:
+        return "extractive_qa" if "answers" in features else "yes_no_qa"
     return "classification" if "label" in features else "ner"
 
 
 def label_names(ds) -> list[str]:
+    """The label (or tag) names; none for extractive QA, whose answers are spans."""
     features = ds["train"].features if hasattr(ds, "keys") and "train" in ds else ds.features
+    if "answers" in features:
+        return []
     return features["label"].names if "label" in features else features["tags"].feature.names
 
 
 def k_shot_rows(ds, k: int, seed: int = 0) -> list[dict]:
     """`k_shot` as rows with names: {"text", "label"} (classification) or {"tokens", "tags"} (NER)."""
     names, shots = label_names(ds), k_shot(ds, k, seed=seed)
+    if "question" in shots.features:
+        return [{**r, "label": names[r["label"]]} if "label" in r else dict(r) for r in shots]
     if "label" in shots.features:
         return [{"text": x, "label": names[y]} for x, y in zip(shots["text"], shots["label"])]
     return [{"tokens": x, "tags": [names[i] for i in y]} for x, y in zip(shots["tokens"], shots["tags"])]
@@ -349,7 +375,9 @@ def k_shot_rows(ds, k: int, seed: int = 0) -> list[dict]:
 
 def label_counts(ds) -> dict[str, int]:
     names = label_names(ds)
-    if task_of(ds) == "classification":
+    if task_of(ds) == "extractive_qa":
+        return {}
+    if task_of(ds) in ("classification", "yes_no_qa"):
         counts = Counter(ds["label"])
         return {names[i]: counts.get(i, 0) for i in range(len(names))}
     counts = Counter(names[t][2:] for tags in ds["tags"] for t in tags if names[t].startswith("B-"))
@@ -359,7 +387,8 @@ def label_counts(ds) -> dict[str, int]:
 # ----------------------------------------------------------------------------- few-shot sampling
 
 def k_shot(ds, k: int, seed: int = 0):
-    """A seeded k-shot subset: k examples per class, or for NER k sentences per entity type.
+    """A seeded k-shot subset: k examples per class, for NER k sentences per entity type, for extractive
+    QA k questions.
 
     NER follows the greedy scheme common in few-shot NER: for each entity type (in a
     seeded order) add sentences containing it until the type has k sentences, so a
@@ -371,7 +400,11 @@ def k_shot(ds, k: int, seed: int = 0):
         raise ValueError(f"k must be >= 1, got {k}")
     rng = np.random.default_rng(seed)
     names = label_names(ds)
-    if task_of(ds) == "classification":
+    if task_of(ds) == "extractive_qa":
+        if len(ds) < k:
+            raise DataError(f"{len(ds)} questions, fewer than k={k}")
+        return ds.select(sorted(rng.choice(len(ds), size=k, replace=False).tolist()))
+    if task_of(ds) in ("classification", "yes_no_qa"):
         labels = np.asarray(ds["label"])
         picked = []
         for cls in range(len(names)):

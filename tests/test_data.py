@@ -154,3 +154,48 @@ def test_load_refuses_the_wrong_kind_of_dataset_and_k_shot_rows_name_labels(mirr
     assert len(rows) == 4 and {r["label"] for r in rows} == set(data.label_names(dd))
     ner = data.k_shot_rows(data.load("conll2003")["train"], 1, seed=0)
     assert all(isinstance(t, str) for r in ner for t in r["tags"]) and all(len(r["tags"]) == len(r["tokens"]) for r in ner)
+
+
+def test_mirror_qa_sets_have_the_hub_schema_and_checked_spans(mirror):
+    squad = data.load("squad")
+    assert data.task_of(squad) == "extractive_qa" and data.label_names(squad) == []
+    assert set(squad) == {"train", "validation", "test"} and len(squad["train"]) > 10_000
+    for row in squad["validation"].select(range(50)):
+        for text, start in zip(row["answers"]["text"], row["answers"]["answer_start"]):
+            assert row["context"][start:start + len(text)] == text
+    shots = data.k_shot_rows(squad["train"], 3, seed=1)
+    assert len(shots) == 3 and shots == data.k_shot_rows(squad["train"], 3, seed=1) and "answers" in shots[0]
+    pubmed = data.load("pubmedqa", task="yes_no_qa")
+    assert data.label_names(pubmed) == ["maybe", "no", "yes"]
+    assert sum(data.label_counts(pubmed["test"]).values()) == len(pubmed["test"])
+    assert sorted(r["label"] for r in data.k_shot_rows(pubmed["train"], 1)) == ["maybe", "no", "yes"]
+    with pytest.raises(data.DataError, match="is a extractive_qa dataset; a classification dataset"):
+        data.load("squad", task="classification")
+
+
+def _qa_row(context="Paris is the capital of France.", text="Paris", start=0, **extra):
+    return {"question": "What is the capital of France?", "context": context,
+            "answers": {"text": [text], "answer_start": [start]}, **extra}
+
+
+@pytest.mark.parametrize("bad, needle", [
+    (_qa_row(start=3), "row 2: answer 'Paris' is not at character 3 of its context (found 'is is' there)"),
+    (_qa_row(text=""), "row 2: answer '' at 0"),
+    ({**_qa_row(), "answers": {"text": ["Paris"], "answer_start": []}}, "row 2: 1 answer texts and 0 answer starts"),
+    ({**_qa_row(), "answers": "Paris"}, "row 2: answers must be"),
+    ({**_qa_row(), "context": ""}, "row 2: missing field 'context'"),
+])
+def test_bad_qa_rows_name_file_and_row(tmp_path, bad, needle):
+    path = write_jsonl(tmp_path / "qa" / "train.jsonl", [_qa_row(), bad])
+    with pytest.raises(data.DataError) as err:
+        data.load(str(tmp_path / "qa"))
+    assert needle in str(err.value) and str(path) in str(err.value)
+
+
+def test_user_qa_folder_never_seen_before(tmp_path):
+    rows = [_qa_row(context=f"Item {i}: Paris is the capital of France.", start=len(f"Item {i}: "), id=f"q{i}")
+            for i in range(30)]
+    write_jsonl(tmp_path / "qa" / "train.jsonl", rows)
+    dd = data.load(str(tmp_path / "qa"))
+    assert data.task_of(dd) == "extractive_qa" and set(dd) == {"train", "validation", "test"}
+    assert sum(len(v) for v in dd.values()) == 30 and dd["test"][0]["answers"]["text"] == ["Paris"]
