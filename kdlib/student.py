@@ -219,8 +219,9 @@ def _rows(data, where: str) -> list[dict]:
     raise TypeError(f"{where}: expected a datasets.Dataset or a list of dicts, got {type(data).__name__}")
 
 
-def _classification_examples(data, names: list[str], where: str) -> tuple[list[str], list[int]]:
-    """Texts and label ids; a Dataset's ClassLabel ids are remapped by name onto `names`."""
+def _classification_examples(data, names: list[str], where: str) -> tuple[list, list[int]]:
+    """Texts and label ids; a Dataset's ClassLabel ids are remapped by name onto `names`. Rows with a question
+    and a context instead of a text (yes/no/maybe QA) give (question, context) pairs, encoded as a pair."""
     own = _class_names(data, "label")
     rows = _rows(data, where)
     if not rows:
@@ -228,11 +229,13 @@ def _classification_examples(data, names: list[str], where: str) -> tuple[list[s
     index = {n: i for i, n in enumerate(names)}
     texts, labels = [], []
     for i, row in enumerate(rows):
-        if not isinstance(row, dict) or "text" not in row or "label" not in row:
-            raise ValueError(f"{where}, example {i}: expected a dict with 'text' and 'label', got {row!r:.120}")
+        pair = isinstance(row, dict) and "text" not in row and "question" in row and "context" in row
+        if not isinstance(row, dict) or ("text" not in row and not pair) or "label" not in row:
+            raise ValueError(f"{where}, example {i}: expected a dict with 'text' (or 'question' and 'context') and "
+                             f"'label', got {row!r:.120}")
         value = own[row["label"]] if own is not None else row["label"]
         labels.append(_label_id(value, names, index, f"{where}, example {i}"))
-        texts.append(str(row["text"]))
+        texts.append((str(row["question"]), str(row["context"])) if pair else str(row["text"]))
     return texts, labels
 
 
@@ -293,7 +296,11 @@ def align_tags(word_ids: Sequence[int | None], tags: Sequence[int]) -> list[int]
     return out
 
 
-def _encode_texts(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
+def _encode_texts(tokenizer, texts: list, max_length: int) -> list[list[int]]:
+    """Input ids of texts, or of (first, second) pairs ([CLS] first [SEP] second [SEP], the longer cut first)."""
+    if texts and isinstance(texts[0], tuple):
+        return tokenizer([a for a, _ in texts], [b for _, b in texts], truncation="longest_first",
+                         max_length=max_length)["input_ids"]
     return tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
 
 
@@ -529,7 +536,8 @@ class Student:
             raise TypeError("expected a list of texts, got a single string")
         if len(texts) == 0:
             return []
-        return _encode_texts(self.tokenizer, [str(t) for t in texts], self.config.max_length)
+        texts = [(str(t[0]), str(t[1])) if isinstance(t, tuple | list) else str(t) for t in texts]
+        return _encode_texts(self.tokenizer, texts, self.config.max_length)
 
     def embed(self, texts: Sequence[str], normalize: bool = False):
         """Mean-pooled final-layer encodings, shape (n, hidden); unit-length rows if `normalize`."""

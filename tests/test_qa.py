@@ -70,3 +70,18 @@ def test_a_short_run_learns_and_answers_with_context_spans():
     assert all(a and a in CONTEXT for a in answers)
     scores = student.evaluate(ROWS)
     assert set(scores) == {"exact_match", "f1", "n"} and 0 <= scores["exact_match"] <= scores["f1"] <= 1
+
+
+def test_yes_no_maybe_student_is_the_classifier_over_question_context_pairs(mirror):
+    from kdlib import data
+    from kdlib.student import StudentConfig, train_classifier
+
+    pubmed = data.load("pubmedqa")
+    train = data.k_shot_rows(pubmed["train"], 4, seed=0)
+    config = StudentConfig(max_length=128, batch_size=4, epochs=1, min_steps=3, max_steps=3)
+    student = train_classifier(train, None, config, label_names=data.label_names(pubmed))
+    ids = student._encode([(train[0]["question"], train[0]["context"])])[0]
+    assert ids.count(student.tokenizer.sep_token_id) == 2 and len(ids) == 128  # question, then the cut context
+    scores = student.evaluate(pubmed["test"].select(range(12)))
+    assert 0 <= scores["macro_f1"] <= 1 and 0 <= scores["accuracy"] <= 1
+    assert set(student.predict_labels([(r["question"], r["context"]) for r in train[:3]])) <= {"maybe", "no", "yes"}
