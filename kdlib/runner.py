@@ -105,7 +105,9 @@ def execute(path: Path, values: dict, out_dir: Path, profile: str) -> NotebookRu
     start = time.monotonic()
     try:
         papermill.execute_notebook(str(path), str(out_nb), parameters=values, kernel_name=KERNEL,
-                                   cwd=str(path.parent), progress_bar=False, report_mode=False)
+                                   cwd=str(path.parent), progress_bar=False, report_mode=False,
+                                   # the kernel's own start-up warnings (TCP transport on loopback) are noise
+                                   extra_arguments=["--IPKernelApp.log_level=ERROR"])
         run.status = "ok"
     except papermill.PapermillExecutionError as exc:
         run.status = "failed"
