@@ -13,6 +13,7 @@ import re
 from numbers import Number
 
 METRIC_MIME = "application/vnd.kdlib.metric+json"
+FINDING_MIME = "application/vnd.kdlib.finding+json"
 
 
 def _check_value(name: str, value):
@@ -46,6 +47,20 @@ def emit(name: str, value, *, std: float | None = None, unit: str = "", higher_i
     return record
 
 
+def finding(text: str) -> str:
+    """Publish the notebook's one-line finding, written from its numbers (the report index shows the last one)."""
+    text = " ".join(str(text).split())
+    if not text:
+        raise ValueError("a finding must say something")
+    try:
+        from IPython.display import display
+
+        display({FINDING_MIME: {"text": text}, "text/plain": f"Finding: {text}"}, raw=True)
+    except ImportError:
+        print(f"Finding: {text}")
+    return text
+
+
 def metric_key(text: str) -> str:
     """A metric-name part from a label: "few-shot gen + gold" -> "few_shot_gen_gold"."""
     key = re.sub(r"[^a-z0-9]+", "_", str(text).lower()).strip("_")
@@ -61,6 +76,15 @@ def format_value(value, std: float | None = None) -> str:
     if std is not None:
         text += f" ± {std:.2g}"
     return text
+
+
+def collect_finding(nb) -> str:
+    """The last finding published in an executed notebook, or ""."""
+    found = ""
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            found = out.get("data", {}).get(FINDING_MIME, {}).get("text", found)
+    return found
 
 
 def collect(nb) -> list[dict]:

@@ -150,6 +150,24 @@ def table(runs, metric: str, *, by: Sequence[str] = (), baseline: str | None = N
     return out
 
 
+def finding(runs, metric: str, baseline: str, *, by: str | None = None, exclude: Iterable[str] = (),
+            higher_is_better: bool = True) -> str:
+    """One line for the report index: per group (e.g. dataset), the best method's mean `metric` against the
+    baseline's, with the paired verdict over seeds — "sst2: few-shot gen 0.74 vs gold few-shot 0.56 (better than)"."""
+    parts = []
+    groups = runs.groupby(by, sort=False) if by else [("", runs)]
+    for group, part in groups:
+        means = part[~part.method.isin([baseline, *exclude])].groupby("method")[metric].mean().dropna()
+        base = mean_of(part, metric, baseline)
+        if means.empty or np.isnan(base):
+            continue
+        best = means.idxmax() if higher_is_better else means.idxmin()
+        verdict = versus(part, metric, best, baseline)["verdict"]
+        prefix = f"{group}: " if by else ""
+        parts.append(f"{prefix}{best} {means[best]:.3f} vs {baseline} {base:.3f} ({verdict} it)")
+    return "; ".join(parts) if parts else f"no method could be compared with {baseline} on {metric}"
+
+
 def mean_of(runs, metric: str, method: str, **where) -> float:
     """Mean of `metric` over seeds for one method (NaN when absent)."""
     if not len(runs) or metric not in runs:

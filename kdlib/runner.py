@@ -39,6 +39,8 @@ class NotebookRun:
     status: str = "pending"          # ok | failed
     duration_s: float = 0.0
     metrics: list[dict] = field(default_factory=list)
+    finding: str = ""                # the notebook's one-line finding (`emit.finding`)
+    figure: str | None = None        # file name of its key figure, beside the HTML
     error: dict | None = None
     parameters: dict = field(default_factory=dict)
 
@@ -122,14 +124,16 @@ def execute(path: Path, values: dict, out_dir: Path, profile: str) -> NotebookRu
     run.duration_s = round(time.monotonic() - start, 1)
     if out_nb.is_file():
         nb = nbformat.read(out_nb, as_version=4)
-        run.metrics = emit.collect(nb)
+        run.metrics, run.finding = emit.collect(nb), emit.collect_finding(nb)
+        run.figure = report_pages.write_key_figure(nb, out_dir / f"{path.stem}.png")
         report_pages.write_html(nb, out_dir / f"{path.stem}.html")
     return run
 
 
 def record(run: NotebookRun, profile: str, meta: dict) -> dict:
     return {"notebook": run.stem, "status": run.status, "profile": profile, "duration_s": run.duration_s,
-            "metrics": run.metrics, "error": run.error, "parameters": run.parameters, **meta}
+            "finding": run.finding, "figure": run.figure, "metrics": run.metrics, "error": run.error,
+            "parameters": run.parameters, **meta}
 
 
 def run_all(profile: str = "smoke", only: list[str] | None = None, overrides: dict[str, str] | None = None,

@@ -50,6 +50,10 @@ def test_table_gives_mean_std_and_paired_verdicts():
     nothing = experiment.table(pd.DataFrame({"method": ["x"], "seed": [0]}), "f1")
     assert math.isnan(nothing.loc["x", "mean"])
     assert experiment.versus(runs, "f1", "better", "absent")["verdict"] == "cannot be compared with"
+    assert experiment.finding(runs, "f1", "base", exclude=["once"]) == "better 0.700 vs base 0.600 (beats it)"
+    two = pd.concat([runs.assign(d="a"), runs.assign(d="b")])
+    assert experiment.finding(two, "f1", "base", by="d", exclude=["once"]).startswith("a: better 0.700 vs base")
+    assert experiment.finding(runs, "f1", "absent").startswith("no method could be compared")
 
 
 def test_frontier_keeps_only_undominated_points():

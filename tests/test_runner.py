@@ -25,8 +25,9 @@ def lab(tmp_path):
     nbs, profiles = tmp_path / "notebooks", tmp_path / "profiles"
     nbs.mkdir(), profiles.mkdir()
     make_notebook(nbs / "01_good.ipynb", "n: int = 2  # how many\nname: str = 'x'  # a name",
-                  "from kdlib.emit import emit\nimport matplotlib.pyplot as plt\n"
-                  "plt.plot([1, 2, 3]); plt.show()\nemit('square', n * n)\nemit('name_len', len(name), std=0.5)")
+                  "from kdlib.emit import emit, finding\nimport matplotlib.pyplot as plt\n"
+                  "plt.plot([1, 2, 3]); plt.show()\nemit('square', n * n, higher_is_better=True)\n"
+                  "emit('name_len', len(name), std=0.5)\nfinding(f'the square is {n * n}')")
     make_notebook(nbs / "02_bad.ipynb", "x: int = 1  # x",
                   "from kdlib.emit import emit\nemit('before_failure', x)\nraise ValueError('boom in cell')")
     (profiles / "t.yaml").write_text("parameters: {n: 3}\nnotebooks:\n  02_bad: {x: 7}\n")
@@ -40,6 +41,8 @@ def test_runs_publish_reports_and_mark_failures(lab):
     good, bad = recs
     assert good["status"] == "ok" and bad["status"] == "failed"
     assert {m["name"]: m["value"] for m in good["metrics"]} == {"square": 9, "name_len": 4}
+    assert good["finding"] == "the square is 9" and good["figure"] == "01_good.png" and bad["figure"] is None
+    assert (out / "01_good.png").read_bytes()[:4] == b"\x89PNG"
     assert good["parameters"] == {"n": 3, "name": "abcd"}
     assert bad["metrics"] == [{"name": "before_failure", "value": 7}]  # metrics up to the failure survive
     assert bad["error"]["ename"] == "ValueError" and "boom in cell" in bad["error"]["evalue"]
@@ -53,6 +56,11 @@ def test_runs_publish_reports_and_mark_failures(lab):
     assert (out / "results" / "t" / "01_good.json").is_file()
     assert not (out / "results" / "t" / "02_bad.json").exists()
     assert "| square | 9 |" in (out / "RESULTS.md").read_text()
+    # the index shows the finding and the key figure, and a later run beside the result of record
+    assert "the square is 9" in index and "src='01_good.png'" in index
+    runner.run_all("t", ["01"], {"n": "4"}, out, write_record=False, folder=nbs, profiles_dir=profiles)
+    index = (out / "index.html").read_text()
+    assert "square = 16 <span class='rec'>record 9, <span class='up'>+7</span>" in index
 
 
 def test_cli_refuses_misspelt_parameter_before_running(tmp_path):
