@@ -155,6 +155,8 @@ def finding(runs, metric: str, baseline: str, *, by: str | None = None, exclude:
     """One line for the report index: per group (e.g. dataset), the best method's mean `metric` against the
     baseline's, with the paired verdict over seeds — "sst2: few-shot gen 0.74 vs gold few-shot 0.56 (better than)"."""
     parts = []
+    if not len(runs) or metric not in runs or "method" not in runs:
+        return f"no method could be compared with {baseline} on {metric}"
     groups = runs.groupby(by, sort=False) if by else [("", runs)]
     for group, part in groups:
         means = part[~part.method.isin([baseline, *exclude])].groupby("method")[metric].mean().dropna()
