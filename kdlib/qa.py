@@ -32,8 +32,8 @@ from kdlib.student import (
     _collate,
     _fit,
     _net_class,
+    _network,
     _pad,
-    _pretrained,
 )
 
 CONTEXT = 1  # sequence id of the context in a (question, context) pair
@@ -87,20 +87,6 @@ def _span_net_class():
             return scores.masked_fill(attention_mask.unsqueeze(1) == 0, torch.finfo(scores.dtype).min / 2)
 
     return SpanNet
-
-
-def _span_network(config: StudentConfig):
-    import copy
-
-    import torch
-
-    from kdlib.setup import pick_device
-
-    encoder, tokenizer, _ = _pretrained(config.model)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        net = _span_net_class()(copy.deepcopy(encoder), 2, config.dropout, True)
-    return net.to(pick_device(config.device)), tokenizer
 
 
 def _qa_rows(data, where: str) -> list[dict]:
@@ -207,7 +193,7 @@ def train_qa(train, validation=None, config: StudentConfig | None = None, *, str
     if not rows:
         raise ValueError("train: no QA examples")
     weights = _check_weights(sample_weights, len(rows)) or [1.0] * len(rows)
-    net, tokenizer = _span_network(config)
+    net, tokenizer = _network(config, 2, True, _span_net_class())
     student = QAStudent(net, tokenizer, config, stride, max_answer_tokens)
     w = windows(tokenizer, [r["question"] for r in rows], [r["context"] for r in rows], config.max_length, stride)
     examples = []

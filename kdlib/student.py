@@ -137,8 +137,9 @@ def _pretrained(name: str):
     return encoder.eval(), tokenizer, res.revision
 
 
-def _network(config: StudentConfig, num_labels: int, token_level: bool):
-    """A fresh student network on the config's device, seeded head on a copy of the encoder."""
+def _network(config: StudentConfig, num_labels: int, token_level: bool, net_class=None):
+    """A fresh student network on the config's device, seeded head on a copy of the encoder; `net_class`
+    (a subclass of the standard network, e.g. `kdlib.qa`'s span network) replaces the standard one."""
     import torch
 
     from kdlib.setup import pick_device
@@ -146,12 +147,12 @@ def _network(config: StudentConfig, num_labels: int, token_level: bool):
     encoder, tokenizer, _ = _pretrained(config.model)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        net = _build_net(copy.deepcopy(encoder), num_labels, config.dropout, token_level)
+        net = (net_class or _net_class())(copy.deepcopy(encoder), num_labels, config.dropout, token_level)
     return net.to(pick_device(config.device)), tokenizer
 
 
 @functools.cache
-def _net_class():
+def _net_class():  # defined on first use so that importing kdlib does not import torch
     import torch
     from torch import nn
 
@@ -179,11 +180,6 @@ def _net_class():
             return self.head(self.dropout(self.pooled(input_ids, attention_mask)))
 
     return Net
-
-
-def _build_net(encoder, num_labels: int, dropout: float, token_level: bool):
-    # the torch module class is defined on first use so that importing kdlib does not import torch
-    return _net_class()(encoder, num_labels, dropout, token_level)
 
 
 # ----------------------------------------------------------------------------- input normalisation
