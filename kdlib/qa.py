@@ -90,17 +90,13 @@ def _span_net_class():
 
 
 def _qa_rows(data, where: str) -> list[dict]:
-    """Rows with question, context and answers {text: [...], answer_start: [...]}; errors name the row."""
+    """Rows with question, context and answers {text: [...], answer_start: [...]}, checked as the data
+    registry checks a file (`kdlib.data_qa.check_rows`): errors name the row (counted from 1)."""
+    from kdlib.data_qa import check_rows
+
     rows = list(data)
-    for i, r in enumerate(rows):
-        if not all(k in r for k in ("question", "context", "answers")):
-            raise ValueError(f"{where}: row {i} needs question, context and answers, has {sorted(r)}")
-        texts, starts = r["answers"].get("text", []), r["answers"].get("answer_start", [])
-        if not texts or len(texts) != len(starts):
-            raise ValueError(f"{where}: row {i} has no answer, or answer texts and starts differ in number")
-        for t, s in zip(texts, starts):
-            if r["context"][s:s + len(t)] != t:
-                raise ValueError(f"{where}: row {i}: answer {t!r} is not at character {s} of its context")
+    if rows:
+        check_rows(rows, "extractive_qa", where, ValueError)
     return rows
 
 

@@ -790,7 +790,10 @@ def full_data_reference(dataset, config: StudentConfig | None = None, *, max_tra
     folder = cache_dir() / "students" / f"{Path(name).name}-{_reference_key(dd, config, max_train)}"
     if use_cache and (folder / "student.json").is_file():
         return load_student(folder, config.device)
-    trainer = train_classifier if data.task_of(dd["train"]) == "classification" else train_tagger
+    task = data.task_of(dd["train"])
+    if task == "extractive_qa":
+        raise ValueError("full_data_reference trains classifiers and taggers; for extractive QA use kdlib.qa.train_qa")
+    trainer = train_classifier if task in ("classification", "yes_no_qa") else train_tagger
     student = trainer(dd["train"], dd["validation"], config)
     if use_cache:
         folder.parent.mkdir(parents=True, exist_ok=True)

@@ -16,12 +16,18 @@ Then, each filter counted in the result's `funnel` (how many pairs each one keep
    model answers the generated question from the passage; the pair is kept only when that answer matches the
    generated one (SQuAD F1 >= `round_trip_f1`). Any `answer(questions, contexts) -> answers` callable can
    play the QA model (a student trained on the gold shots, or the teacher itself); None skips the filter.
+
+`synthesize_yes_no` is the same recipe for yes/no/maybe questions (PubMedQA's task): the teacher writes
+questions the passage answers with yes, no or maybe, structured as JSON whose answers are that enum. Its funnel:
+requested, parsed, valid label, deduplicated (no span to check, no round trip).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -30,6 +36,8 @@ from kdlib.parse import ParseReport
 from kdlib.structured import lark
 
 FUNNEL = ("requested", "parsed", "answer_in_passage", "deduplicated", "round_trip")
+YES_NO_FUNNEL = ("requested", "parsed", "valid_label", "deduplicated")
+YES_NO = ("yes", "no", "maybe")
 _LINE_PAIR = re.compile(r"^\s*(?:\d+[.)]\s*)?Q(?:uestion)?\s*\d*\s*[:.]\s*(?P<q>.+?)\s+A(?:nswer)?\s*\d*\s*[:.]\s*(?P<a>.+?)\s*$",
                         re.I)
 _Q_LINE = re.compile(r"^\s*(?:\d+[.)]\s*)?Q(?:uestion)?\s*\d*\s*[:.]\s*(?P<q>.+?)\s*$", re.I)
@@ -57,6 +65,33 @@ def qa_prompt(passage: str, n: int, examples: Sequence[dict] = (), structured: b
     else:
         lines.append("Answer with one pair per line, as Q: <question> A: <answer>, and nothing else.")
     return [{"role": "user", "content": "\n".join(lines)}]
+
+
+def yes_no_prompt(passage: str, n: int, examples: Sequence[dict] = (), structured: bool = False) -> list[dict]:
+    """A chat request for `n` yes/no/maybe questions on `passage`; `examples` are gold {question, label} rows."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    lines = [f"Read the passage and write {n} different questions about it that the passage answers with yes, no "
+             "or maybe (maybe: the passage does not settle it). Give the answer of each.", "",
+             f"Passage: {passage}", ""]
+    if examples:
+        lines.append("Questions of this kind (about other passages):")
+        lines += [f"Q: {e['question']} A: {e['label']}" for e in examples]
+    if structured:
+        lines.append('Answer with a JSON object {"pairs": [{"question": "...", "answer": "yes"}, ...]} whose answers '
+                     'are "yes", "no" or "maybe", and nothing else.')
+    else:
+        lines.append("Answer with one pair per line, as Q: <question> A: <yes, no or maybe>, and nothing else.")
+    return [{"role": "user", "content": "\n".join(lines)}]
+
+
+def yes_no_schema(n: int) -> dict:
+    """{"pairs": [n {"question": str, "answer": "yes" | "no" | "maybe"}]} (what a server's response_format gets)."""
+    pair = {"type": "object", "properties": {"question": {"type": "string", "minLength": 8, "maxLength": 300},
+                                             "answer": {"enum": list(YES_NO)}},
+            "required": ["question", "answer"], "additionalProperties": False}
+    return {"type": "object", "properties": {"pairs": {"type": "array", "items": pair, "minItems": n, "maxItems": n}},
+            "required": ["pairs"], "additionalProperties": False}
 
 
 def pairs_grammar(passage: str, n: int, question_max_tokens: int = 32, max_answer_words: int = 8) -> str:
@@ -181,32 +216,81 @@ def synthesize_qa(teacher, passages: Sequence[str], per_passage: int = 3, *, exa
             rows.append({"id": f"synth-{seed}-{k}-{j}", "question": pair["question"], "context": passage,
                          "answers": {"text": [text], "answer_start": [start]}})
     funnel["answer_in_passage"] = len(rows)
-    # duplicates are judged among the questions of one passage ("When was it founded?" asked of two passages
-    # is two examples); copies of test questions anywhere
-    kept, dups = [], ParseReport()
-    for passage in texts:
-        mine, part = dedup([r for r in rows if r["context"] == passage], key="question", near_threshold=near_threshold)
-        kept, dups = kept + mine, dups.merge(part)
-    rows, leaks = dedup(kept, key="question", near_threshold=None, against=[{"question": q} for q in against])
-    dups.kept = kept
-    report = ParseReport(rows, report.rejected, report.counts, report.n_inputs).then(dups).then(leaks)
+    rows, report = _dedup(rows, texts, report, against, near_threshold)
     funnel["deduplicated"] = len(rows)
-    if round_trip is not None and rows:
-        rows = _round_trip(rows, round_trip, round_trip_f1, report)
     funnel["round_trip"] = len(rows)
     report.kept = rows
-    return QASynthResult(rows, report, funnel, raw, sum(r["tokens"] for r in raw))
+    result = QASynthResult(rows, report, funnel, raw, sum(r["tokens"] for r in raw))
+    return result if round_trip is None else round_trip_filter(result, round_trip, round_trip_f1)
 
 
-def _round_trip(rows: list[dict], answer, threshold: float, report: ParseReport) -> list[dict]:
-    """Rows whose question `answer` answers (from the passage) like the generated answer (SQuAD F1)."""
+def round_trip_filter(result: QASynthResult, answer: Callable[[list[str], list[str]], list[str]],
+                      threshold: float = 0.5) -> QASynthResult:
+    """A copy of `result` keeping the pairs whose question `answer(questions, contexts)` answers like the
+    generated answer (SQuAD F1 >= `threshold`); the others are rejected as ``round_trip``. The unfiltered
+    result is left as it was, so that a study can train on both."""
     from kdlib.qa import squad_scores
 
-    predicted = answer([r["question"] for r in rows], [r["context"] for r in rows])
+    rows = result.rows
+    report = ParseReport(list(rows), list(result.report.rejected), Counter(result.report.counts), result.report.n_inputs)
+    predicted = answer([r["question"] for r in rows], [r["context"] for r in rows]) if rows else []
     kept = []
     for row, pred in zip(rows, predicted):
         if squad_scores([pred], [row])["f1"] >= threshold:
             kept.append(row)
         else:
             report.reject(f"{row['question']} -> {row['answers']['text'][0]} (QA model: {pred})", "round_trip")
-    return kept
+    report.kept = kept
+    return dataclasses.replace(result, rows=kept, report=report, funnel={**result.funnel, "round_trip": len(kept)})
+
+
+def synthesize_yes_no(teacher, passages: Sequence[str], per_passage: int = 3, *, examples: Sequence[dict] = (),
+                      temperature: float = 0.7, max_new_tokens: int = 160, seed: int = 0, structured: bool = False,
+                      against: Sequence[str] = (), near_threshold: float | None = 0.8) -> QASynthResult:
+    """Yes/no/maybe questions for every passage: rows {id, question, context, label} (label a name of
+    `YES_NO`), with the funnel requested → parsed → valid_label → deduplicated. Answers are read leniently
+    ("Yes.", "NO" → yes, no); any other answer is rejected as ``bad_label``."""
+    from kdlib.structured import json_schema, string_budget
+
+    if per_passage < 1:
+        raise ValueError(f"per_passage must be >= 1, got {per_passage}")
+    texts = [t for t in (passage_text(p) for p in passages) if t]
+    prompts = [yes_no_prompt(t, per_passage, examples, structured) for t in texts]
+    grammar = json_schema(yes_no_schema(per_passage), compact=True,
+                          string_max_tokens=string_budget(max_new_tokens - 8, per_passage, overhead_tokens=10))
+    outs = teacher.generate(prompts, seed=seed, temperature=temperature, max_new_tokens=max_new_tokens,
+                            grammars=[grammar] * len(prompts) if structured else None)
+    report, rows = ParseReport(n_inputs=len(outs)), []
+    raw = [{"passage": t, "output": o.text, "tokens": o.prompt_tokens + o.completion_tokens} for t, o in zip(texts, outs)]
+    funnel = dict.fromkeys(YES_NO_FUNNEL, 0)
+    funnel["requested"] = per_passage * len(texts)
+    for k, (passage, out) in enumerate(zip(texts, outs)):
+        pairs = parse_pairs(out.text)[:per_passage]
+        if not pairs:
+            report.reject(out.text, "no_pair")
+        funnel["parsed"] += len(pairs)
+        for j, pair in enumerate(pairs):
+            label = pair["answer"].strip(" .!\"'`").casefold()
+            if label not in YES_NO:
+                report.reject(f"{pair['question']} -> {pair['answer']}", "bad_label")
+                continue
+            rows.append({"id": f"synth-yn-{seed}-{k}-{j}", "question": pair["question"], "context": passage,
+                         "label": label})
+    funnel["valid_label"] = len(rows)
+    rows, report = _dedup(rows, texts, report, against, near_threshold)
+    funnel["deduplicated"] = len(rows)
+    report.kept = rows
+    return QASynthResult(rows, report, funnel, raw, sum(r["tokens"] for r in raw))
+
+
+def _dedup(rows: list[dict], passages: list[str], report: ParseReport, against: Sequence[str],
+           near_threshold: float | None) -> tuple[list[dict], ParseReport]:
+    """Rows without duplicate questions, judged among the questions of one passage ("When was it founded?"
+    asked of two passages is two examples), nor copies of `against` questions anywhere; the merged report."""
+    kept, dups = [], ParseReport()
+    for passage in passages:
+        mine, part = dedup([r for r in rows if r["context"] == passage], key="question", near_threshold=near_threshold)
+        kept, dups = kept + mine, dups.merge(part)
+    rows, leaks = dedup(kept, key="question", near_threshold=None, against=[{"question": q} for q in against])
+    dups.kept = kept
+    return rows, ParseReport(rows, report.rejected, report.counts, report.n_inputs).then(dups).then(leaks)

@@ -154,6 +154,23 @@ EXPECTED = {
         "spec_identical_to_plain": (1.0, 1.0),
         "teacher_tokens_total": (100, 10**8),
     },
+    "09_question_answering_and_domains": {
+        **{f"{k}/squad/{m}": (0.0, 1.0) for k in ("exact_match", "f1")
+           for m in ("gold_few_shot", "synthetic_only", "synthetic_gold", "full_data_reference")},
+        **{f"macro_f1/{d}/{m}": (0.0, 1.0) for d, methods in (
+            ("pubmedqa", ("gold_few_shot", "in_domain_synthetic", "general_domain_synthetic",
+                          "in_domain_synthetic_gold", "full_data_reference")),
+            ("financial_phrasebank", ("gold_few_shot", "in_domain_synthetic", "general_domain_synthetic",
+                                      "full_data_reference"))) for m in methods},
+        # constrained, every requested pair parses, every extractive answer is a passage span and every
+        # yes/no/maybe answer is one of the three
+        "yield/extractive_qa/general/parsed": (1.0, 1.0), "yield/extractive_qa/general/answer_in_passage": (1.0, 1.0),
+        "yield/extractive_qa/general/deduplicated": (0.3, 1.0), "yield/extractive_qa/general/round_trip": (0.0, 1.0),
+        **{f"yield/yes_no_maybe/{s}/{stage}": (1.0, 1.0) for s in ("in_domain", "general")
+           for stage in ("parsed", "valid_label")},
+        **{f"yield/finance/{s}/kept": (0.3, 1.0) for s in ("in_domain", "general")},
+        "teacher_tokens_total": (1000, 10**8),
+    },
 }
 
 

@@ -56,9 +56,9 @@ def test_squad_scores_normalise_answers_and_take_the_best_gold():
 
 def test_bad_answer_offsets_are_named():
     bad = [{**ROWS[0], "answers": {"text": ["Coldplay"], "answer_start": [3]}}]
-    with pytest.raises(ValueError, match="row 0: answer 'Coldplay' is not at character 3"):
+    with pytest.raises(ValueError, match="row 1: answer 'Coldplay' is not at character 3"):
         qa.train_qa(bad, config=qa.qa_config(max_length=64, max_steps=1, min_steps=1))
-    with pytest.raises(ValueError, match="needs question, context and answers"):
+    with pytest.raises(ValueError, match="row 1: missing field 'answers'"):
         qa.train_qa([{"question": "q", "context": "c"}])
 
 
@@ -85,3 +85,24 @@ def test_yes_no_maybe_student_is_the_classifier_over_question_context_pairs(mirr
     scores = student.evaluate(pubmed["test"].select(range(12)))
     assert 0 <= scores["macro_f1"] <= 1 and 0 <= scores["accuracy"] <= 1
     assert set(student.predict_labels([(r["question"], r["context"]) for r in train[:3]])) <= {"maybe", "no", "yes"}
+
+
+def test_study_passages_are_distinct_seeded_and_exclude_the_gold_ones(mirror):
+    from kdlib import data, qa_study, synth_qa
+
+    train = data.load("squad")["train"]
+    gold = data.k_shot_rows(train, 4, seed=0)
+    picked = qa_study.passages(train, 20, seed=0, exclude=[r["context"] for r in gold])
+    assert len(picked) == len(set(picked)) == 20
+    assert not {synth_qa.passage_text(r["context"]) for r in gold} & set(picked)
+    assert picked == qa_study.passages(train, 20, seed=0, exclude=[r["context"] for r in gold])
+    assert picked != qa_study.passages(train, 20, seed=1, exclude=[r["context"] for r in gold])
+
+
+def test_general_spec_keeps_the_labels_and_drops_the_domain():
+    from kdlib import qa_study, synth
+
+    fin = synth.TaskSpec.for_dataset("financial_phrasebank", ["negative", "neutral", "positive"])
+    general = qa_study.general_spec(fin)
+    assert general.label_names == fin.label_names and general.text_kind != fin.text_kind
+    assert not any("invest" in d for d in general.label_descriptions.values())

@@ -65,6 +65,31 @@ def test_synthesis_funnel_and_round_trip_filter():
         assert r["context"][start:start + len(text)] == text
     assert res.tokens > 0 and res.parse_rate == f["parsed"] / 4
     # a QA model that always answers with the passage's first word: keeps only pairs whose answer that is
-    first_word = synth_qa._round_trip(res.rows, lambda qs, cs: [c.split()[0] for c in cs], 0.5, res.report)
-    assert all(r["answers"]["text"][0].split()[0] == r["context"].split()[0] for r in first_word)
-    assert res.report.counts["round_trip"] == len(res.rows) - len(first_word)
+    first_word = synth_qa.round_trip_filter(res, lambda qs, cs: [c.split()[0] for c in cs], 0.5)
+    assert all(r["answers"]["text"][0].split()[0] == r["context"].split()[0] for r in first_word.rows)
+    assert first_word.report.counts["round_trip"] == len(res.rows) - len(first_word.rows)
+    assert first_word.funnel["round_trip"] == len(first_word.rows) and res.funnel["round_trip"] == len(res.rows)
+    assert "round_trip" not in res.report.counts  # the unfiltered result is untouched
+
+
+def test_yes_no_synthesis_answers_from_the_enum():
+    with one_thread_teacher(batch_size=4) as teacher:
+        res = synth_qa.synthesize_yes_no(teacher, PASSAGES, per_passage=2, structured=True, max_new_tokens=80, seed=0,
+                                         against=["Did the Denver Broncos win?"])
+    f = res.funnel
+    assert list(f) == list(synth_qa.YES_NO_FUNNEL) and f["requested"] == 4
+    assert f["parsed"] == 4 and f["valid_label"] == 4  # the grammar writes every pair with an allowed answer
+    assert f["deduplicated"] == len(res.rows) > 0
+    assert {r["label"] for r in res.rows} <= set(synth_qa.YES_NO)
+    assert all(r["context"] in {synth_qa.passage_text(p) for p in PASSAGES} for r in res.rows)
+    assert all(r["question"] != "Did the Denver Broncos win?" for r in res.rows)
+
+
+def test_yes_no_free_text_funnel_counts_every_loss():
+    """Free text from the small teacher: whatever it writes, each pair lost is counted with its reason."""
+    with one_thread_teacher(batch_size=4) as teacher:
+        res = synth_qa.synthesize_yes_no(teacher, PASSAGES, per_passage=2, max_new_tokens=64, seed=2)
+    f = res.funnel
+    assert f["requested"] == 4 and f["requested"] >= f["parsed"] >= f["valid_label"] >= f["deduplicated"]
+    assert res.report.counts["bad_label"] == f["parsed"] - f["valid_label"]
+    assert {r["label"] for r in res.rows} <= set(synth_qa.YES_NO)
