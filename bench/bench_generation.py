@@ -1,4 +1,4 @@
-"""Generation throughput of the default teacher: HF `model.generate` against `kdlib.fastgen.generate`.
+"""Generation throughput of the default teacher: HF `model.generate` against `kdlib.teachers.fastgen.generate`.
 
     python bench/bench_generation.py            # full run, ~5-10 min on 2 CPU cores
     python bench/bench_generation.py --quick    # smoke check, under a minute
@@ -34,8 +34,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kdlib import fastgen, models  # noqa: E402
-from kdlib.paths import data_mirror_dir  # noqa: E402
+from kdlib.lab.paths import data_mirror_dir  # noqa: E402
+from kdlib.registry import models  # noqa: E402
+from kdlib.teachers import fastgen  # noqa: E402
 
 INSTRUCTIONS = [
     "Is the sentiment of this movie review positive or negative? Answer with one word.\n\nReview: {}",
@@ -162,7 +163,7 @@ def write_reports(report: dict, out_dir: Path) -> None:
     (out_dir / "generation.json").write_text(json.dumps(report, indent=1) + "\n")
     m = report["machine"]
     lines = [
-        "# Generation throughput: HF `generate` vs `kdlib.fastgen`", "",
+        "# Generation throughput: HF `generate` vs `kdlib.teachers.fastgen`", "",
         f"Teacher {report['model']}, greedy, up to {report['max_new_tokens']} new tokens, chat prompts stopping "
         f"at EOS; {m['cpu_count']} CPUs, {m['torch_threads']} torch threads, torch {m['torch']}, "
         f"transformers {m['transformers']}; load average {m['load_avg_1m_at_start']:.1f} at start, "

@@ -1,4 +1,4 @@
-"""Benchmark: chunked `kdlib.losses.kd_loss` against the naive full-softmax `naive_kd_loss`.
+"""Benchmark: chunked `kdlib.distillation.losses.kd_loss` against the naive full-softmax `naive_kd_loss`.
 
 For every loss kind and vocabulary size: forward + backward of one batch of tokens. Every measurement runs in
 its own fresh interpreter, one at a time, chunked and naive interleaved over --repeats rounds (medians are
@@ -77,7 +77,7 @@ def _peak_rss_bytes() -> int:
 
 
 def _loss_fn(impl: str, kind: str, chunk_rows: int | None, fused_head: bool = False):
-    from kdlib import fused_losses, losses
+    from kdlib.distillation import fused_losses, losses
 
     if fused_head and impl == "gemm":  # the output layers alone, forward and backward: work both paths must do
         import torch

@@ -1,4 +1,4 @@
-"""On-policy distillation throughput: `kdlib.distill.train_word_kd(on_policy=1)` vs TRL's `GKDTrainer`.
+"""On-policy distillation throughput: `kdlib.distillation.distill.train_word_kd(on_policy=1)` vs TRL's `GKDTrainer`.
 
     python bench/bench_onpolicy.py            # full run, ~10-20 min on 2 CPU cores (needs `pip install trl`)
     python bench/bench_onpolicy.py --quick    # smoke check; prints only
@@ -27,8 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_generation import machine  # noqa: E402
-from kdlib import distill, models  # noqa: E402
-from kdlib.instructions import load_sharegpt_pairs  # noqa: E402
+from kdlib.distillation import distill  # noqa: E402
+from kdlib.registry import models  # noqa: E402
+from kdlib.registry.instructions import load_sharegpt_pairs  # noqa: E402
 
 FULL = dict(steps=6, repeats=2, batch_size=4, max_new_tokens=32, student_layers=6)
 QUICK = dict(steps=1, repeats=1, batch_size=4, max_new_tokens=8, student_layers=6)
@@ -149,10 +150,10 @@ def write_reports(report: dict, out_dir: Path) -> None:
                      f"{s[name]['tok_per_s']} | {s[name]['s_per_step']} |")
     lines += ["", f"Throughput ratio kdlib / TRL: **{report['throughput_ratio']}x** (step time "
               f"{report['step_time_ratio']}x). Target: at least 1.5x.", "",
-              "Where it comes from: student samples are drawn by `kdlib.fastgen` (KV buffer written in place, "
+              "Where it comes from: student samples are drawn by `kdlib.teachers.fastgen` (KV buffer written in place, "
               "finished rows leave the batch) instead of `model.generate`; teacher and student logits are computed "
               "only at response positions (`distill.response_logits`), not over the prompts; and the divergence "
-              "is computed in chunks with analytic gradients (`kdlib.losses`) instead of full-vocabulary fp32 "
+              "is computed in chunks with analytic gradients (`kdlib.distillation.losses`) instead of full-vocabulary fp32 "
               "tensors.", ""]
     (out_dir / "onpolicy.md").write_text("\n".join(lines))
 

@@ -6,7 +6,7 @@
 Target: the offline teacher (SmolLM2-135M-Instruct). Drafters, all sharing its tokenizer:
 - `truncated`: the teacher's first `--draft-layers` blocks, as is (undistilled);
 - `distilled`: the same truncated copy after word-level reverse-KL distillation from the teacher
-  (`kdlib.distill.train_word_kd`, loss "rkl") on the teacher's own greedy answers to instructions
+  (`kdlib.distillation.distill.train_word_kd`, loss "rkl") on the teacher's own greedy answers to instructions
   that are not the benchmark prompts;
 - `prompt_lookup`: no model, copies the continuation of the last n-gram match in the context.
 
@@ -34,8 +34,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_generation import machine, sst2_texts  # noqa: E402
-from kdlib import distill, models, speculative  # noqa: E402
-from kdlib.paths import data_mirror_dir  # noqa: E402
+from kdlib.distillation import distill  # noqa: E402
+from kdlib.lab.paths import data_mirror_dir  # noqa: E402
+from kdlib.registry import models  # noqa: E402
+from kdlib.teachers import speculative  # noqa: E402
 
 CHAT = [
     "Rewrite this movie review fragment as one complete, polite sentence.\n\nText: {}",

@@ -1,4 +1,4 @@
-"""Cost of structured generation: `kdlib.fastgen.generate` with and without a grammar, same prompts, batch 32.
+"""Cost of structured generation: `kdlib.teachers.fastgen.generate` with and without a grammar, same prompts, batch 32.
 
     python bench/bench_structured.py --threads 1          # run of record, ~5 min on one CPU thread
     python bench/bench_structured.py --quick              # smoke check, prints only
@@ -9,9 +9,9 @@ Two measurements, each free vs constrained in the same process, alternating whic
    constrained by a grammar that admits any text (Lark `start: /(.|\\n)*/`). Greedy constrained decoding
    of an answer the grammar allows equals free greedy decoding (checked here, token for token), so both
    runs generate exactly the same tokens and the ratio is the grammar machinery's cost: one bitmask per
-   row and step from llguidance, one bit test per row (`kdlib.structured`).
+   row and step from llguidance, one bit test per row (`kdlib.teachers.structured`).
 2. **A real schema** (`json_overhead_per_token`): sampled answers to "write 3 reviews as JSON" with and
-   without the {"texts": [3 strings]} schema of `kdlib.synth.output_schema`. The outputs differ, so the
+   without the {"texts": [3 strings]} schema of `kdlib.synthesis.synth.output_schema`. The outputs differ, so the
    ratio is per generated token; here picks the grammar forbids are masked and drawn again.
 
 Writes reports/bench/structured.{json,md} (not with --quick, unless --out is given).
@@ -34,8 +34,10 @@ sys.path.insert(0, str(ROOT))
 
 from bench_generation import sst2_texts  # noqa: E402
 
-from kdlib import fastgen, structured, synth  # noqa: E402
-from kdlib.teacher import make_teacher, user  # noqa: E402
+from kdlib.synthesis import synth  # noqa: E402
+from kdlib.teachers import fastgen, structured  # noqa: E402
+from kdlib.teachers.api import user  # noqa: E402
+from kdlib.teachers.teacher import make_teacher  # noqa: E402
 
 FULL = dict(batch=32, max_new_tokens=64, repeats=3)
 QUICK = dict(batch=8, max_new_tokens=24, repeats=1)
@@ -101,7 +103,7 @@ def main() -> None:
     per_token = sorted((x["constrained_s"] / x["constrained_tokens"]) / (x["free_s"] / x["free_tokens"])
                        for x in json_rows)[len(json_rows) // 2]
     report = {
-        "what": "fastgen greedy/sampled generation with vs without a grammar (kdlib.structured, llguidance)",
+        "what": "fastgen greedy/sampled generation with vs without a grammar (kdlib.teachers.structured, llguidance)",
         "model": teacher.model, "batch": n, "max_new_tokens": new, "repeats": cfg["repeats"],
         "threads": torch.get_num_threads(), "load_average": os.getloadavg(), "machine": platform.processor() or platform.machine(),
         "overhead_ratio": ratio, "same_tokens_identical_outputs": identical, "same_tokens_runs": same,

@@ -24,19 +24,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "run":
-        from kdlib import runner
+        from kdlib.lab import runner
 
         return runner.main(args)
     if args.command == "params":
-        from kdlib import params, runner
+        from kdlib.lab import params, runner
 
         for path in runner.discover(args.only):
             print(f"{path.stem}:")
             for spec in params.notebook_params(path).values():
                 print(f"  {spec.name}: {spec.type_name} = {spec.default}  # {spec.help}")
         return 0
-    from kdlib import report_pages
-    from kdlib.paths import reports_dir
+    from kdlib.lab import report_pages
+    from kdlib.lab.paths import reports_dir
 
     report_pages.write_index(reports_dir())
     report_pages.write_results_md(reports_dir())

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from kdlib.paths import data_mirror_dir
+from kdlib.lab.paths import data_mirror_dir
 
 
 def write_jsonl(path: Path, rows, gz: bool = False) -> Path:
@@ -31,7 +31,7 @@ def mirror():
 @pytest.fixture(scope="session")
 def tok():
     """The real SmolLM2 tokenizer (offline asset), padding with EOS."""
-    from kdlib.models import load_tokenizer
+    from kdlib.registry.models import load_tokenizer
 
     t = load_tokenizer("HuggingFaceTB/SmolLM2-135M-Instruct")
     if t.pad_token is None:
@@ -47,7 +47,7 @@ def one_thread_teacher(**kw):
     peer at every op and runs ~10x slower (measured: 26 s vs 2 s for the same 20 tokens)."""
     import torch
 
-    from kdlib.teacher_local import LocalTeacher
+    from kdlib.teachers.teacher_local import LocalTeacher
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -1,10 +1,10 @@
-"""kdlib.augment: EDA operations are pure, seeded and do what they say; the offline synonym table is real."""
+"""kdlib.synthesis.augment: EDA operations are pure, seeded and do what they say; the offline synonym table is real."""
 
 import random
 
 import pytest
 
-from kdlib import augment
+from kdlib.synthesis import augment
 
 TABLE = {"good": ["great", "fine"], "film": ["movie"], "plot": ["story"]}
 TEXT = "A good film with a thin plot"

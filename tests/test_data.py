@@ -5,7 +5,7 @@ import gzip
 import datasets
 import pytest
 
-from kdlib import data
+from kdlib.registry import data
 from tests.conftest import write_jsonl
 
 

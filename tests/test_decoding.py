@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from kdlib import contrastive, fastgen, speculative
-from kdlib.distill import truncated_student
-from kdlib.teacher import GenParams
+from kdlib.distillation.distill import truncated_student
+from kdlib.teachers import contrastive, fastgen, speculative
+from kdlib.teachers.api import GenParams
 from tests.tiny_lm import tiny_llama
 
 # ----------------------------------------------------------------------------- sampling filters
@@ -116,7 +116,7 @@ def test_contrastive_rejects_a_foreign_vocabulary(tok):
 def pair():
     from transformers import AutoTokenizer  # noqa: F401  (tok fixture is session-scoped; build models here)
 
-    from kdlib.models import load_tokenizer
+    from kdlib.registry.models import load_tokenizer
 
     t = load_tokenizer("HuggingFaceTB/SmolLM2-135M-Instruct")
     target = tiny_llama(t, layers=4, seed=5)
@@ -162,8 +162,8 @@ def test_prompt_lookup_copies_the_latest_match():
 # ----------------------------------------------------------------------------- through the teacher layer
 
 def test_local_teacher_contrastive_and_typical_knobs(tmp_path):
-    from kdlib.teacher import user
-    from kdlib.teacher_local import LocalTeacher
+    from kdlib.teachers.api import user
+    from kdlib.teachers.teacher_local import LocalTeacher
 
     plain = LocalTeacher(batch_size=4, cache=False, progress=False)
     with pytest.raises(ValueError, match="amateur"):
@@ -181,7 +181,7 @@ def test_local_teacher_contrastive_and_typical_knobs(tmp_path):
 
 
 def test_http_teacher_refuses_logit_knobs():
-    from kdlib.teacher_http import HTTPTeacher
+    from kdlib.teachers.teacher_http import HTTPTeacher
 
     teacher = HTTPTeacher("http://127.0.0.1:9/v1", model="m", cache=False, progress=False)
     for knob in ({"adaptive_temperature": 1.0}, {"contrastive": 0.5}):
@@ -192,7 +192,7 @@ def test_http_teacher_refuses_logit_knobs():
 # ----------------------------------------------------------------------------- strategies and best-of-n
 
 def test_strategies_are_valid_gen_params_and_misspellings_are_named():
-    from kdlib import decoding
+    from kdlib.teachers import decoding
 
     for name in decoding.STRATEGIES:
         GenParams.build(None, **decoding.strategy(name, temperature=0.8))
@@ -203,14 +203,14 @@ def test_strategies_are_valid_gen_params_and_misspellings_are_named():
 
 @pytest.fixture(scope="module")
 def smol():
-    from kdlib.teacher_local import LocalTeacher
+    from kdlib.teachers.teacher_local import LocalTeacher
 
     return LocalTeacher(batch_size=8, cache=False, progress=False)
 
 
 def test_best_of_n_picks_the_scorers_favourite_and_bills_every_candidate(smol):
-    from kdlib import decoding
-    from kdlib.teacher import user
+    from kdlib.teachers import decoding
+    from kdlib.teachers.api import user
 
     prompts = [user("Name a fruit."), user("Name a colour.")]
     picked = decoding.best_of_n(smol, prompts, 3, lambda i, cands: [len(c) for c in cands], seed=4,
@@ -224,8 +224,8 @@ def test_best_of_n_picks_the_scorers_favourite_and_bills_every_candidate(smol):
 
 
 def test_likelihood_scores_prefer_the_likely_answer(smol):
-    from kdlib import decoding
-    from kdlib.teacher import user
+    from kdlib.teachers import decoding
+    from kdlib.teachers.api import user
 
     s = decoding.likelihood_scores(smol, user("What is the capital of France? Answer in one word."),
                                    ["Paris", "Banana", "  "])

@@ -1,13 +1,13 @@
-"""kdlib.dedup: exact/near duplicates, leaks into a reference set, Self-Instruct novelty."""
+"""kdlib.parsing.dedup: exact/near duplicates, leaks into a reference set, Self-Instruct novelty."""
 
 import doctest
 import random
 
 import pytest
 
-from kdlib import dedup as dedup_module
-from kdlib.dedup import dedup, novelty_filter, rouge_l, words
-from kdlib.parse import parse_classification
+from kdlib.parsing import dedup as dedup_module
+from kdlib.parsing.dedup import dedup, novelty_filter, rouge_l, words
+from kdlib.parsing.parse import parse_classification
 
 
 def texts(examples):

@@ -1,4 +1,4 @@
-"""kdlib.distill with tiny randomly initialised Llama models on the real SmolLM2 tokenizer (fast, no weights)."""
+"""kdlib.distillation.distill with tiny randomly initialised Llama models on the real SmolLM2 tokenizer (fast, no weights)."""
 
 import math
 
@@ -6,12 +6,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from kdlib import distill  # noqa: E402
+from kdlib.distillation import distill  # noqa: E402
 from tests.tiny_lm import PAIRS, tiny_llama  # noqa: E402
 
 
 def test_tokenizer_check(tok):
-    from kdlib.models import load_tokenizer
+    from kdlib.registry.models import load_tokenizer
 
     distill.check_same_tokenizer(tok, tok)
     other = load_tokenizer("sentence-transformers/all-MiniLM-L6-v2")
@@ -34,8 +34,8 @@ def test_truncated_student_keeps_the_first_layers(tok):
 
 @pytest.mark.parametrize("loss", ["fkl", "rkl"])
 def test_word_kd_pulls_the_student_towards_the_teacher(tok, loss):
-    from kdlib.losses import kd_loss
-    from kdlib.sft import _batch, encode_pairs
+    from kdlib.distillation.losses import kd_loss
+    from kdlib.distillation.sft import _batch, encode_pairs
 
     teacher, student = tiny_llama(tok, seed=1), tiny_llama(tok, layers=2, seed=2)
     pairs = PAIRS[:4]
@@ -72,7 +72,7 @@ def test_seqkd_pairs_are_the_teachers_answers(tok):
 
 def test_on_policy_batches_use_student_samples(tok):
     teacher, student = tiny_llama(tok, seed=1), tiny_llama(tok, layers=2, seed=2)
-    from kdlib.sft import encode_pairs
+    from kdlib.distillation.sft import encode_pairs
 
     rows = encode_pairs(tok, PAIRS[:2], 64)
     cfg = distill.KDConfig(on_policy=1.0, gen_max_new_tokens=5, epochs=2, batch_size=2, lr=1e-3)
@@ -92,9 +92,9 @@ def test_response_only_logits_give_the_full_logits_loss(tok):
     """Left padding + logits only where responses are predicted == right padding + all logits."""
     import torch
 
-    from kdlib.distill import response_batch, response_logits
-    from kdlib.losses import kd_loss
-    from kdlib.sft import IGNORE_INDEX, _batch, encode_pairs
+    from kdlib.distillation.distill import response_batch, response_logits
+    from kdlib.distillation.losses import kd_loss
+    from kdlib.distillation.sft import IGNORE_INDEX, _batch, encode_pairs
     from tests.tiny_lm import PAIRS, tiny_llama
 
     teacher, student = tiny_llama(tok, layers=3, seed=2), tiny_llama(tok, layers=2, seed=1)
@@ -116,7 +116,7 @@ def test_response_only_logits_give_the_full_logits_loss(tok):
 def test_nucleus_mass_and_diagnostics(tok):
     import torch
 
-    from kdlib.distill import nucleus_mass, teacher_forced_diagnostics
+    from kdlib.distillation.distill import nucleus_mass, teacher_forced_diagnostics
     from tests.tiny_lm import PAIRS, tiny_llama
 
     t = torch.log(torch.tensor([[[0.7, 0.25, 0.05, 0.0001]]]))

@@ -5,7 +5,7 @@ import math
 import nbformat
 import pytest
 
-from kdlib import emit, progress, setup
+from kdlib.lab import emit, progress, setup
 
 
 def test_emit_records_and_collects_from_a_notebook_node():
@@ -59,7 +59,7 @@ def test_seed_everything_repeats_and_device_checks():
 
 
 def test_metric_key_from_labels():
-    from kdlib.emit import metric_key
+    from kdlib.lab.emit import metric_key
 
     assert metric_key("few-shot gen + gold") == "few_shot_gen_gold"
     assert metric_key("Self-LLMDA (selected)") == "self_llmda_selected"

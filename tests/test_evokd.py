@@ -1,4 +1,4 @@
-"""kdlib.evokd: configuration, prompts, checkpoints; a real run killed mid-way resumes without new teacher calls."""
+"""kdlib.synthesis.evokd: configuration, prompts, checkpoints; a real run killed mid-way resumes without new teacher calls."""
 
 import json
 import os
@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from kdlib import evokd, synth
-from kdlib.student import StudentConfig
+from kdlib.students.student import StudentConfig
+from kdlib.synthesis import evokd, synth
 
 SPEC = synth.TaskSpec("a one-sentence movie review", {"negative": "is negative", "positive": "is positive"})
 SEEDS = [{"text": "A dull, lifeless and overlong film.", "label": "negative"},
@@ -149,9 +149,9 @@ def test_checkpoint_round_trip_and_mismatch(tmp_path):
 RUN = textwrap.dedent("""
     import sys, json, torch
     torch.set_num_threads(1)
-    from kdlib import evokd, synth
-    from kdlib.student import StudentConfig
-    from kdlib.teacher import make_teacher
+    from kdlib.synthesis import evokd, synth
+    from kdlib.students.student import StudentConfig
+    from kdlib.teachers.teacher import make_teacher
     spec = synth.TaskSpec("a one-sentence movie review", {"negative": "is negative", "positive": "is positive"})
     seeds = json.loads(sys.argv[3])
     teacher = make_teacher(batch_size=4, cache_path=sys.argv[2], progress=False)
@@ -217,8 +217,8 @@ def test_ner_task_shows_markup_and_parses_it_back():
 def test_ner_round_runs_on_conll(mirror, tmp_path):
     import torch
 
-    from kdlib import data
-    from kdlib.teacher import make_teacher
+    from kdlib.registry import data
+    from kdlib.teachers.teacher import make_teacher
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -250,7 +250,7 @@ def test_entity_types_from_tag_names():
 def test_reference_labels_replace_the_teachers_and_name_the_run(tmp_path):
     import torch
 
-    from kdlib.teacher import make_teacher
+    from kdlib.teachers.teacher import make_teacher
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

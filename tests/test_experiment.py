@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kdlib import experiment
+from kdlib.studies import experiment
 
 NAMES = ["neg", "pos"]
 
@@ -62,7 +62,7 @@ def test_frontier_keeps_only_undominated_points():
 
 
 def test_emitted_numbers(monkeypatch):
-    from kdlib import emit
+    from kdlib.lab import emit
 
     got = {}
     monkeypatch.setattr(emit, "emit", lambda name, value, **kw: got.setdefault(name, (value, kw.get("std"))))

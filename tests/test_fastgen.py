@@ -1,4 +1,4 @@
-"""Tests for kdlib.fastgen: greedy equality with HF generate, seeded sampling, stopping, OOM halving.
+"""Tests for kdlib.teachers.fastgen: greedy equality with HF generate, seeded sampling, stopping, OOM halving.
 
 Fast tests use a tiny randomly initialised GPT-2 (to show nothing is Llama-specific); the `slow` ones
 load the SmolLM2 teacher (a few seconds of CPU each).
@@ -11,8 +11,8 @@ import math
 import pytest
 import torch
 
-from kdlib import fastgen
-from kdlib.fastgen import GenerationOutput, SamplingParams
+from kdlib.teachers import fastgen
+from kdlib.teachers.fastgen import GenerationOutput, SamplingParams
 
 EOS = 1
 
@@ -289,7 +289,7 @@ def test_run_halving_on_oom_sizes():
 
 @pytest.fixture(scope="module")
 def teacher():
-    from kdlib import models
+    from kdlib.registry import models
 
     model, tok = models.load_causal_lm(models.TEACHER_ID)
     texts = ["contains no wit , only labored gags",

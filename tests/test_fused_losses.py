@@ -1,10 +1,14 @@
-"""kdlib.fused_losses: the output-layer-fused losses equal logits-then-loss, in value and in every gradient."""
+"""kdlib.distillation.fused_losses: the output-layer-fused losses equal logits-then-loss, in value and in every gradient."""
 
 import pytest
 import torch
 
-from kdlib.fused_losses import check_plain_output_layer, kd_loss_from_hidden, naive_kd_loss_from_hidden
-from kdlib.losses import KINDS, kd_loss
+from kdlib.distillation.fused_losses import (
+    check_plain_output_layer,
+    kd_loss_from_hidden,
+    naive_kd_loss_from_hidden,
+)
+from kdlib.distillation.losses import KINDS, kd_loss
 
 B, T, H, V = 2, 5, 6, 11
 

@@ -5,7 +5,7 @@ import sqlite3
 
 import pytest
 
-from kdlib.gen_cache import Entry, GenCache, NullCache, make_key, open_cache
+from kdlib.teachers.gen_cache import Entry, GenCache, NullCache, make_key, open_cache
 
 
 def test_key_is_canonical_and_sensitive():

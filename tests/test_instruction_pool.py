@@ -1,9 +1,9 @@
-"""kdlib.instruction_pool: candidate filtering and the selection model's maths."""
+"""kdlib.synthesis.instruction_pool: candidate filtering and the selection model's maths."""
 
 import numpy as np
 import pytest
 
-from kdlib import instruction_pool as ip
+from kdlib.synthesis import instruction_pool as ip
 
 
 def test_candidates_keep_instructions_and_count_the_rest():

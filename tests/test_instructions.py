@@ -1,6 +1,6 @@
 import json
 
-from kdlib import instructions
+from kdlib.registry import instructions
 
 
 def test_truncated_json_array_yields_complete_records_only():

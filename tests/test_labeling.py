@@ -1,12 +1,13 @@
-"""kdlib.labeling: prompts, voting, calibration maths, routing, quality; a fake teacher stands in for the LLM."""
+"""kdlib.synthesis.labeling: prompts, voting, calibration maths, routing, quality; a fake teacher stands in for the LLM."""
 
 import math
 
 import numpy as np
 import pytest
 
-from kdlib import labeling
-from kdlib.ledger import Ledger
+from kdlib.students import metrics
+from kdlib.synthesis import labeling
+from kdlib.teachers.ledger import Ledger
 
 NAMES = ["negative", "positive"]
 
@@ -57,7 +58,7 @@ def test_prompts_zero_and_few_shot():
 
 
 def test_draw_shots_k_per_class_from_train():
-    from kdlib.data import from_records
+    from kdlib.registry.data import from_records
 
     rows = [{"text": f"t{i}", "label": NAMES[i % 2]} for i in range(20)]
     dd = from_records({"train": rows, "test": rows[:4]})
@@ -74,7 +75,7 @@ def test_majority_vote_and_entropy():
     assert label == "negative", "ties go to the label voted first"
     label, shares = labeling.majority_vote([None, None], NAMES)
     assert label is None and shares.tolist() == [0.5, 0.5]
-    assert labeling.entropy([[1.0, 0.0], [0.5, 0.5]]).tolist() == pytest.approx([0.0, math.log(2)])
+    assert metrics.entropy([[1.0, 0.0], [0.5, 0.5]]).tolist() == pytest.approx([0.0, math.log(2)])
 
 
 def test_calibrate_matches_hand_computed_case():
@@ -132,7 +133,7 @@ def test_label_quality():
 
 
 def test_draw_pool_keeps_demonstrations_out_of_the_pool():
-    from kdlib.data import from_records
+    from kdlib.registry.data import from_records
 
     rows = [{"text": f"t{i}", "label": NAMES[i % 2]} for i in range(40)]
     pool = labeling.draw_pool(from_records({"train": rows, "test": rows[:4]})["train"], 2, 10, seed=3)

@@ -1,7 +1,7 @@
 """NER annotation by the teacher: prompts, projection onto the given tokens, real teacher calls."""
 
-from kdlib import labeling_ner
-from kdlib.parse_ner import to_markup
+from kdlib.parsing.parse_ner import to_markup
+from kdlib.synthesis import labeling_ner
 
 TYPES = ["PER", "ORG", "LOC", "MISC"]
 
@@ -34,7 +34,7 @@ def test_prompt_shows_demonstrations_in_markup():
 
 
 def test_annotate_with_the_real_teacher(tmp_path):
-    from kdlib.teacher_local import LocalTeacher
+    from kdlib.teachers.teacher_local import LocalTeacher
 
     teacher = LocalTeacher(batch_size=4, cache_path=tmp_path / "c.sqlite", progress=False)
     sents = [["Angela", "Merkel", "visited", "Paris", "."], ["Nothing", "to", "see", "here", "."]]

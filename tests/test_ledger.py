@@ -2,7 +2,7 @@
 
 import pytest
 
-from kdlib.ledger import Ledger, Price, as_prices
+from kdlib.teachers.ledger import Ledger, Price, as_prices
 
 
 def _call(ledger, model="gpt-x", backend="http", spent=(1000, 200), cached=(0, 0), hits=0, misses=2):

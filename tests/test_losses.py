@@ -1,4 +1,4 @@
-"""kdlib.losses: closed forms, identities, endpoints, gradients against the naive version, edge cases."""
+"""kdlib.distillation.losses: closed forms, identities, endpoints, gradients against the naive version, edge cases."""
 
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdlib.losses import KINDS, kd_loss, naive_kd_loss
+from kdlib.distillation.losses import KINDS, kd_loss, naive_kd_loss
 
 # Two tokens with hand-picked distributions (teacher p, student q); logits are their logs.
 P = np.array([[0.5, 0.25, 0.25], [0.7, 0.2, 0.1]])

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kdlib import metrics
+from kdlib.students import metrics
 
 NAMES = ["a", "b", "c"]
 Y_TRUE = [0, 0, 1, 1, 2]
@@ -113,7 +113,7 @@ def test_embedding_dispersion_by_hand_and_against_sklearn():
 
 
 def test_paired_verdict_needs_every_seed():
-    from kdlib.metrics import paired_verdict
+    from kdlib.students.metrics import paired_verdict
 
     assert paired_verdict([0.05, 0.02, 0.03]) == "beats"
     assert paired_verdict([0.08, 0.05, -0.01]) == "is within noise of", "one seed contradicts the mean"

@@ -1,10 +1,10 @@
-"""kdlib.minillm on tiny random Llamas with the real SmolLM2 tokenizer: rewards, sampling, a training run."""
+"""kdlib.distillation.minillm on tiny random Llamas with the real SmolLM2 tokenizer: rewards, sampling, a training run."""
 
 import pytest
 
 torch = pytest.importorskip("torch")
 
-from kdlib import minillm  # noqa: E402
+from kdlib.distillation import minillm  # noqa: E402
 from tests.tiny_lm import PAIRS, tiny_llama  # noqa: E402
 
 
@@ -16,7 +16,7 @@ def test_future_rewards_closed_form():
 
 
 def _prompts(tok):
-    from kdlib.sft import chat_prompt
+    from kdlib.distillation.sft import chat_prompt
 
     return [chat_prompt(tok, "Count to 3."), chat_prompt(tok, "Say hi to the world, please.")]
 
@@ -34,7 +34,7 @@ def test_sampling_is_seeded_and_alpha_zero_is_the_student(tok):
 
 
 def test_alpha_one_cold_sampling_follows_the_teachers_greedy_path(tok):
-    from kdlib.fastgen import SamplingParams, generate
+    from kdlib.teachers.fastgen import SamplingParams, generate
 
     teacher, student = tiny_llama(tok, seed=1), tiny_llama(tok, layers=2, seed=2)
     prompts = _prompts(tok)
@@ -47,8 +47,8 @@ def test_alpha_one_cold_sampling_follows_the_teachers_greedy_path(tok):
 
 
 def test_training_lowers_the_reverse_kl(tok):
-    from kdlib.losses import kd_loss
-    from kdlib.sft import _batch, encode_pairs
+    from kdlib.distillation.losses import kd_loss
+    from kdlib.distillation.sft import _batch, encode_pairs
 
     teacher, student = tiny_llama(tok, seed=1), tiny_llama(tok, layers=2, seed=2)
     ids, labels, mask = _batch(encode_pairs(tok, PAIRS[:4], 64), tok.pad_token_id, "cpu")

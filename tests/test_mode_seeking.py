@@ -1,9 +1,9 @@
-"""kdlib.mode_seeking: forward KL covers both modes, reverse KL seeks one; a unimodal target is matched by all."""
+"""kdlib.distillation.mode_seeking: forward KL covers both modes, reverse KL seeks one; a unimodal target is matched by all."""
 
 import numpy as np
 import pytest
 
-from kdlib import mode_seeking as ms
+from kdlib.distillation import mode_seeking as ms
 
 GRID = np.linspace(-6, 6, 241)
 

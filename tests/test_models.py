@@ -2,7 +2,7 @@
 
 import pytest
 
-from kdlib import models
+from kdlib.registry import models
 
 
 def test_offline_encoder_resolves_by_id_and_alias():

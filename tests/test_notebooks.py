@@ -5,7 +5,7 @@ import json
 import nbformat
 import pytest
 
-from kdlib import params, runner
+from kdlib.lab import params, runner
 
 NOTEBOOKS = runner.discover()
 

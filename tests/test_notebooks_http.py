@@ -13,8 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from kdlib import models, runner
-from kdlib.teacher import Unsupported, make_teacher, user
+from kdlib.lab import runner
+from kdlib.registry import models
+from kdlib.teachers.api import Unsupported, user
+from kdlib.teachers.teacher import make_teacher
 
 pytestmark = pytest.mark.slow
 TEACHER_NOTEBOOKS = ["00", "01", "02", "03", "05", "08"]

@@ -2,7 +2,7 @@
 
 import pytest
 
-from kdlib import params
+from kdlib.lab import params
 
 SPECS = {
     "01_a": {"seed": params.ParamSpec("seed", "int", "0", "seed"),

@@ -1,19 +1,19 @@
-"""kdlib.parse: teacher output -> labelled examples; every rejection counted, nothing raises."""
+"""kdlib.parsing.parse: teacher output -> labelled examples; every rejection counted, nothing raises."""
 
 import doctest
 import time
 
 import pytest
 
-from kdlib import parse
-from kdlib.parse import (
+from kdlib.parsing import parse
+from kdlib.parsing.parse import (
     ParseReport,
     match_label,
     normalise_text,
     parse_classification,
     parse_label,
 )
-from kdlib.parse_ner import parse_ner
+from kdlib.parsing.parse_ner import parse_ner
 
 SENT = ["negative", "positive"]
 CONLL = ["PER", "LOC", "ORG", "MISC"]

@@ -1,4 +1,4 @@
-"""kdlib.parse_ner: teacher output -> BIO NER examples; every rejection counted, nothing raises."""
+"""kdlib.parsing.parse_ner: teacher output -> BIO NER examples; every rejection counted, nothing raises."""
 
 import doctest
 import json
@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from kdlib import parse_ner as parse_ner_module
-from kdlib.parse_ner import parse_ner, simple_tokenize, spacy_tokenizer, to_markup
+from kdlib.parsing import parse_ner as parse_ner_module
+from kdlib.parsing.parse_ner import parse_ner, simple_tokenize, spacy_tokenizer, to_markup
 
 CONLL = ["PER", "LOC", "ORG", "MISC"]
 
@@ -197,7 +197,7 @@ def test_ner_spacy_tokenizer():
 
 def test_ner_examples_load_into_the_dataset_registry():
     pytest.importorskip("datasets")
-    from kdlib.data import from_records
+    from kdlib.registry.data import from_records
 
     report = parse_ner(["[Peter Blackburn](PER) flew to <LOC>Paris</LOC>.",
                         '{"sentence": "EU rejects German beef.", "entities": [["EU", "ORG"], ["German", "MISC"]]}'],

@@ -1,12 +1,12 @@
-"""Extractive QA student (kdlib.qa): windows and answer positions, span search, SQuAD scoring, a short run."""
+"""Extractive QA student (kdlib.students.qa): windows and answer positions, span search, SQuAD scoring, a short run."""
 
 import math
 
 import pytest
 import torch
 
-from kdlib import qa
-from kdlib.student import _pretrained
+from kdlib.students import qa
+from kdlib.students.student import _pretrained
 
 CONTEXT = ("The Denver Broncos defeated the Carolina Panthers 24-10 to win Super Bowl 50, played on February 7, "
            "2016 at Levi's Stadium in Santa Clara, California. ") * 6 + "The halftime show was headlined by Coldplay."
@@ -73,8 +73,8 @@ def test_a_short_run_learns_and_answers_with_context_spans():
 
 
 def test_yes_no_maybe_student_is_the_classifier_over_question_context_pairs(mirror):
-    from kdlib import data
-    from kdlib.student import StudentConfig, train_classifier
+    from kdlib.registry import data
+    from kdlib.students.student import StudentConfig, train_classifier
 
     pubmed = data.load("pubmedqa")
     train = data.k_shot_rows(pubmed["train"], 4, seed=0)
@@ -88,7 +88,9 @@ def test_yes_no_maybe_student_is_the_classifier_over_question_context_pairs(mirr
 
 
 def test_study_passages_are_distinct_seeded_and_exclude_the_gold_ones(mirror):
-    from kdlib import data, qa_study, synth_qa
+    from kdlib.registry import data
+    from kdlib.studies import qa_study
+    from kdlib.synthesis import synth_qa
 
     train = data.load("squad")["train"]
     gold = data.k_shot_rows(train, 4, seed=0)
@@ -100,7 +102,8 @@ def test_study_passages_are_distinct_seeded_and_exclude_the_gold_ones(mirror):
 
 
 def test_general_spec_keeps_the_labels_and_drops_the_domain():
-    from kdlib import qa_study, synth
+    from kdlib.studies import qa_study
+    from kdlib.synthesis import synth
 
     fin = synth.TaskSpec.for_dataset("financial_phrasebank", ["negative", "neutral", "positive"])
     general = qa_study.general_spec(fin)

@@ -1,10 +1,10 @@
-"""kdlib.reform: rewrite prompts and targets; a real paraphrase/counterfactual run of the offline teacher."""
+"""kdlib.synthesis.reform: rewrite prompts and targets; a real paraphrase/counterfactual run of the offline teacher."""
 
 import random
 
 import pytest
 
-from kdlib import reform, synth
+from kdlib.synthesis import reform, synth
 
 SPEC = synth.TaskSpec("a one-sentence movie review", {"negative": "is negative", "positive": "is positive"})
 ROWS = [{"text": "A dull and lifeless film.", "label": "negative"},
@@ -28,7 +28,7 @@ def test_prompts_and_targets():
 def test_real_rewrites_keep_sources_labels_and_cache(tmp_path):
     import torch
 
-    from kdlib.teacher import make_teacher
+    from kdlib.teachers.teacher import make_teacher
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -51,7 +51,7 @@ def test_real_rewrites_keep_sources_labels_and_cache(tmp_path):
 def test_sentence_embeddings_are_unit_and_meaningful():
     import numpy as np
 
-    from kdlib.models import sentence_embeddings
+    from kdlib.registry.models import sentence_embeddings
 
     e = sentence_embeddings(["I loved this film.", "What a great movie!", "Interest rates rose again."])
     assert e.shape == (3, 384) and np.allclose(np.linalg.norm(e, axis=1), 1, atol=1e-5)

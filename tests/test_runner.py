@@ -7,8 +7,8 @@ import sys
 import nbformat
 import pytest
 
-from kdlib import runner
-from kdlib.paths import REPO_ROOT
+from kdlib.lab import runner
+from kdlib.lab.paths import REPO_ROOT
 
 
 def make_notebook(path, params_src, body_src):
@@ -25,11 +25,11 @@ def lab(tmp_path):
     nbs, profiles = tmp_path / "notebooks", tmp_path / "profiles"
     nbs.mkdir(), profiles.mkdir()
     make_notebook(nbs / "01_good.ipynb", "n: int = 2  # how many\nname: str = 'x'  # a name",
-                  "from kdlib.emit import emit, finding\nimport matplotlib.pyplot as plt\n"
+                  "from kdlib.lab.emit import emit, finding\nimport matplotlib.pyplot as plt\n"
                   "plt.plot([1, 2, 3]); plt.show()\nemit('square', n * n, higher_is_better=True)\n"
                   "emit('name_len', len(name), std=0.5)\nfinding(f'the square is {n * n}')")
     make_notebook(nbs / "02_bad.ipynb", "x: int = 1  # x",
-                  "from kdlib.emit import emit\nemit('before_failure', x)\nraise ValueError('boom in cell')")
+                  "from kdlib.lab.emit import emit\nemit('before_failure', x)\nraise ValueError('boom in cell')")
     (profiles / "t.yaml").write_text("parameters: {n: 3}\nnotebooks:\n  02_bad: {x: 7}\n")
     return nbs, profiles, tmp_path / "reports"
 
@@ -87,7 +87,7 @@ def test_discover_orders_and_selects(lab):
 
 
 def test_parameter_line_papermill_cannot_parse_is_an_error(tmp_path):
-    from kdlib import params
+    from kdlib.lab import params
 
     path = tmp_path / "nb.ipynb"
     make_notebook(path, "a: int = 1  # fine\nb = 3; c = 4", "pass")  # papermill drops line 2 with a warning

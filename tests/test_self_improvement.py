@@ -1,9 +1,10 @@
-"""kdlib.self_training, kdlib.sft and kdlib.self_instruct: the pure pieces, and small real runs."""
+"""kdlib.synthesis.self_training, kdlib.distillation.sft and kdlib.synthesis.self_instruct: the pure pieces, and small real runs."""
 
 import numpy as np
 import pytest
 
-from kdlib import self_instruct, self_training, sft
+from kdlib.distillation import sft
+from kdlib.synthesis import self_instruct, self_training
 
 
 def test_pick_confident_thresholds_caps_and_orders():
@@ -43,7 +44,7 @@ def test_sft_config_validation():
 def lm():
     import torch
 
-    from kdlib.models import load_causal_lm
+    from kdlib.registry.models import load_causal_lm
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -79,8 +80,8 @@ def test_sft_lowers_the_loss_on_its_data_and_changes_the_answer(lm):
 
 @pytest.mark.slow
 def test_self_training_adds_confident_pseudo_labels(mirror):
-    from kdlib import data
-    from kdlib.student import StudentConfig
+    from kdlib.registry import data
+    from kdlib.students.student import StudentConfig
 
     dd = data.load("sst2")
     names = data.label_names(dd)

@@ -1,4 +1,4 @@
-"""Structured generation (kdlib.structured + fastgen + teacher): grammars hold, greedy is unchanged where the
+"""Structured generation (kdlib.teachers.structured + fastgen + teacher): grammars hold, greedy is unchanged where the
 grammar allows the free answer, sampling stays exact and seeded, cache keys stay apart, bad specs fail."""
 
 import json
@@ -7,10 +7,10 @@ import re
 import pytest
 from conftest import one_thread_teacher
 
-from kdlib import fastgen, structured
-from kdlib.parse import parse_classification
-from kdlib.parse_ner import parse_ner
-from kdlib.teacher import GenParams, user
+from kdlib.parsing.parse import parse_classification
+from kdlib.parsing.parse_ner import parse_ner
+from kdlib.teachers import fastgen, structured
+from kdlib.teachers.api import GenParams, user
 
 LABELS = ["negative", "positive"]
 
@@ -115,7 +115,7 @@ def _accepts(tokenizer, spec: str, text: str) -> bool:
 
 
 def test_copy_markup_grammar_allows_exactly_marked_copies(teacher):
-    from kdlib.labeling_ner import tags_from_answer
+    from kdlib.synthesis.labeling_ner import tags_from_answer
 
     sentence = ["Angela", "Merkel", "visited", "Paris", "on", "Monday", "."]
     spec = structured.copy_markup_grammar(sentence, ["PER", "LOC"])

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from kdlib import student
-from kdlib.student import StudentConfig
+from kdlib.students import student
+from kdlib.students.student import StudentConfig
 
 # ----------------------------------------------------------------------------- config
 
@@ -105,7 +105,7 @@ def test_align_tags_first_wordpiece_only():
 
 
 def test_align_tags_with_the_real_tokenizer():
-    from kdlib.models import ENCODER_ID, load_tokenizer
+    from kdlib.registry.models import ENCODER_ID, load_tokenizer
 
     tok = load_tokenizer(ENCODER_ID)
     words = ["EU", "rejects", "Britishness", "\u200b", "lamb", "."]
@@ -136,7 +136,7 @@ def test_weighted_loss_matches_manual_weighting():
 
 
 def _need_mirror():
-    from kdlib.paths import data_mirror_dir
+    from kdlib.lab.paths import data_mirror_dir
 
     path = data_mirror_dir()
     if path is None or not path.is_dir():
@@ -145,7 +145,7 @@ def _need_mirror():
 
 @pytest.fixture(scope="module")
 def sst2():
-    from kdlib import data
+    from kdlib.registry import data
 
     _need_mirror()
     dd = data.load("sst2")
@@ -244,7 +244,7 @@ def test_full_data_reference_is_cached(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_tagger_learns_conll_entities(mirror):
-    from kdlib import data
+    from kdlib.registry import data
 
     dd = data.load("conll2003")
     train = dd["train"].shuffle(seed=0).select(range(320))

@@ -1,11 +1,12 @@
-"""kdlib.synth: prompts, list splitting, balancing, distinct requests; a real run of the offline teacher."""
+"""kdlib.synthesis.synth: prompts, list splitting, balancing, distinct requests; a real run of the offline teacher."""
 
 import random
 from collections import Counter
 
 import pytest
 
-from kdlib import synth
+from kdlib.parsing import parse
+from kdlib.synthesis import synth
 
 SPEC = synth.TaskSpec("a one-sentence movie review", {"negative": "is negative", "positive": "is positive"})
 
@@ -32,7 +33,7 @@ def test_generation_prompt_zero_and_few_shot():
 
 def test_split_inline_list():
     text = "Examples: 1. Great film. 2. Awful plot, 3 stars. 3) Fine.\nNo list here 2. nope"
-    assert synth.split_inline_list(text).splitlines() == [
+    assert parse.split_inline_list(text).splitlines() == [
         "Examples:", "1. Great film.", "2. Awful plot, 3 stars.", "3) Fine.", "No list here 2. nope"]
 
 
@@ -66,7 +67,7 @@ def test_bad_arguments_name_the_problem():
 def test_real_teacher_run_is_cached_valid_and_leak_free(tmp_path):
     import torch
 
-    from kdlib.teacher import make_teacher
+    from kdlib.teachers.teacher import make_teacher
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -1,4 +1,4 @@
-"""Synthetic extractive QA (kdlib.synth_qa): reading pairs, locating answers, the span grammar, the funnel."""
+"""Synthetic extractive QA (kdlib.synthesis.synth_qa): reading pairs, locating answers, the span grammar, the funnel."""
 
 import json
 import random
@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from conftest import one_thread_teacher
 
-from kdlib import structured, synth_qa
+from kdlib.synthesis import synth_qa
+from kdlib.teachers import structured
 
 PASSAGES = ["Super Bowl 50 was an American football game played on February 7, 2016, at Levi's Stadium in "
             "Santa Clara. The Denver Broncos defeated the Carolina Panthers 24-10.",

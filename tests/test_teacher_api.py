@@ -1,6 +1,6 @@
 """Teacher front end without running a model: parameters, prompts, secrets, HTTP failure paths.
 
-The HTTP tests talk to a real `kdlib.openai_server` on loopback; they only hit paths
+The HTTP tests talk to a real `kdlib.teachers.openai_server` on loopback; they only hit paths
 that fail before the model is needed (auth, injected faults), so no weights are loaded.
 """
 
@@ -8,11 +8,12 @@ import time
 
 import pytest
 
-from kdlib.openai_server import OpenAIServer, parse_faults
-from kdlib.redact import MASK, redact, register_key_env
-from kdlib.teacher import GenParams, Unsupported, check_prompts, cut_at_stop, make_teacher, user
-from kdlib.teacher_http import TeacherHTTPError, _public_url, retry_after_s
-from kdlib.teacher_local import LocalTeacher, run_halving
+from kdlib.lab.redact import MASK, redact, register_key_env
+from kdlib.teachers.api import GenParams, Unsupported, check_prompts, cut_at_stop, user
+from kdlib.teachers.openai_server import OpenAIServer, parse_faults
+from kdlib.teachers.teacher import make_teacher
+from kdlib.teachers.teacher_http import TeacherHTTPError, _public_url, retry_after_s
+from kdlib.teachers.teacher_local import LocalTeacher, run_halving
 
 SERVER_KEY_ENV = "KDLIB_TEST_SERVER_KEY"
 

@@ -1,4 +1,4 @@
-"""HTTP teacher against `kdlib.openai_server` serving the local teacher over real loopback HTTP."""
+"""HTTP teacher against `kdlib.teachers.openai_server` serving the local teacher over real loopback HTTP."""
 
 import logging
 import os
@@ -9,11 +9,12 @@ import sys
 import pytest
 from conftest import one_thread_teacher
 
-from kdlib import structured
-from kdlib.openai_server import OpenAIServer, parse_faults
-from kdlib.paths import REPO_ROOT
-from kdlib.teacher import Unsupported, make_teacher, user
-from kdlib.teacher_http import TeacherHTTPError
+from kdlib.lab.paths import REPO_ROOT
+from kdlib.teachers import structured
+from kdlib.teachers.api import Unsupported, user
+from kdlib.teachers.openai_server import OpenAIServer, parse_faults
+from kdlib.teachers.teacher import make_teacher
+from kdlib.teachers.teacher_http import TeacherHTTPError
 
 pytestmark = pytest.mark.slow
 SECRET = "sk-kdlib-test-" + os.urandom(8).hex()
@@ -94,7 +95,7 @@ def test_key_never_reaches_cache_logs_or_reprs(server, tmp_path, caplog, capfd):
 
 def test_server_runs_as_a_module(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "KDLIB_HEADLESS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "kdlib.openai_server", "--port", "0", "--served-name", "smol"],
+    proc = subprocess.Popen([sys.executable, "-m", "kdlib.teachers.openai_server", "--port", "0", "--served-name", "smol"],
                             cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE, text=True)
     try:
         for line in proc.stderr:  # the model loads first, then the server announces its address

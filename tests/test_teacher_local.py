@@ -12,9 +12,9 @@ import time
 import pytest
 from conftest import one_thread_teacher
 
-from kdlib.gen_cache import GenCache
-from kdlib.paths import REPO_ROOT
-from kdlib.teacher import user
+from kdlib.lab.paths import REPO_ROOT
+from kdlib.teachers.api import user
+from kdlib.teachers.gen_cache import GenCache
 
 pytestmark = pytest.mark.slow
 TOPICS = ["rain", "cats", "bread", "trains", "music", "snow"]
@@ -99,7 +99,7 @@ def test_scoring_halves_the_batch_on_out_of_memory(local):
             assert g.sum_logprob == pytest.approx(e.sum_logprob, abs=1e-4)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("kdlib.fastgen") is None, reason="needs kdlib.fastgen (per-row seeds)")
+@pytest.mark.skipif(importlib.util.find_spec("kdlib.teachers.fastgen") is None, reason="needs kdlib.teachers.fastgen (per-row seeds)")
 def test_a_sample_does_not_depend_on_its_batch(local):
     alone = local.texts([user("Name a colour.")], max_new_tokens=8, temperature=1.0, seed=5)
     crowd = local.texts([user("Write a long poem about the sea."), user("Name a colour."), "Hi"],
@@ -109,8 +109,8 @@ def test_a_sample_does_not_depend_on_its_batch(local):
 
 JOB = """
 import json, sys
-from kdlib.teacher import user
-from kdlib.teacher_local import LocalTeacher
+from kdlib.teachers.api import user
+from kdlib.teachers.teacher_local import LocalTeacher
 
 teacher = LocalTeacher(batch_size=2, commit_every=2, cache_path=sys.argv[1], progress=False)
 prompts = [user(f"Write one short sentence about {{t}}.") for t in {topics!r}]

@@ -1,4 +1,4 @@
-"""`python -m kdlib.train`: recipe checks, a real single-process run, and a real 2-process DDP run on CPU."""
+"""`python -m kdlib.distillation.train`: recipe checks, a real single-process run, and a real 2-process DDP run on CPU."""
 
 import json
 import os
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kdlib import train
+from kdlib.distillation import train
 
 ROOT = Path(__file__).resolve().parents[1]
 PAIRS = [{"instruction": f"Count from 1 to {n}.", "response": ", ".join(str(i) for i in range(1, n + 1))}
@@ -61,7 +61,7 @@ def test_ddp_on_two_cpu_processes(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     launcher = Path(sys.executable).with_name("accelerate")
     proc = subprocess.run([str(launcher), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
-                           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "kdlib.train",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "kdlib.distillation.train",
                            "--config", str(path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     saved = json.loads((tmp_path / "out" / "metrics.json").read_text())

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdlib import distill, minillm, sft, train_state
+from kdlib.distillation import distill, minillm, sft, train_state
 from tests.tiny_lm import PAIRS, tiny_llama
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +42,7 @@ SCRIPT = textwrap.dedent("""
     import sys, torch
     sys.path.insert(0, {root!r})
     torch.set_num_threads(1)
-    from kdlib.models import load_tokenizer
+    from kdlib.registry.models import load_tokenizer
     from tests.test_train_state import train
     tok = load_tokenizer("HuggingFaceTB/SmolLM2-135M-Instruct")
     tok.pad_token = tok.pad_token or tok.eos_token

@@ -1,4 +1,4 @@
-"""kdlib.valuation: KNN-Shapley against a brute-force Shapley computation."""
+"""kdlib.synthesis.valuation: KNN-Shapley against a brute-force Shapley computation."""
 
 import itertools
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from kdlib.valuation import knn_shapley, top_fraction
+from kdlib.synthesis.valuation import knn_shapley, top_fraction
 
 
 def knn_utility(subset, x, y, v, yv, k):

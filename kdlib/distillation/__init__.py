@@ -1,0 +1,1 @@
+"""Distillation of generative LMs: pure losses with equations, fused losses, trainers, MiniLLM, the training CLI and its resumable state."""

@@ -1,0 +1,1 @@
+"""The lab: running notebooks headless, their parameters, reports and run set-up."""

@@ -1,0 +1,1 @@
+"""Reading teacher output: classification and NER answers, duplicates and leaks."""

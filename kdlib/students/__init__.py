@@ -1,0 +1,1 @@
+"""Students: encoder + head for classification, NER and extractive QA, and their metrics."""

@@ -1,0 +1,256 @@
+"""Local teacher backend on transformers: batched generation and log-likelihood scoring.
+
+Generation goes through `kdlib.teachers.fastgen` (continuous batching on a KV buffer, a per-row
+seeded generator, batch halving on OOM). Rows are grouped by prompt length into chunks of
+`commit_every` rows, each committed to the cache as soon as it is done (see `kdlib.teachers.api`
+on why a resumed run then recomputes exactly the chunks an uninterrupted run would have).
+
+Scoring runs one forward pass over "prompt + candidate" and sums the log-probs of the
+tokens that belong to the candidate (found by character offsets, so a token that
+straddles the boundary is counted with the candidate, as an OpenAI `echo` server does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from kdlib.registry import models
+from kdlib.teachers.api import GenParams, Request, Teacher, Unsupported, cut_at_stop
+from kdlib.teachers.gen_cache import Entry
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token: str
+    offset: int                  # character offset of the token in the scored text
+    end: int
+    logprob: float | None        # None for the first token: nothing precedes it
+    top: tuple[tuple[str, float], ...] = ()
+
+
+def is_oom(exc: BaseException) -> bool:
+    """fastgen's test, plus the CPU allocator's wording ("can't allocate memory")."""
+    from kdlib.teachers import fastgen
+
+    return fastgen.is_oom(exc) or (isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
+
+
+def run_halving(fn: Callable[[list], list], items: list, batch_size: int) -> list:
+    """fn over items in chunks of batch_size; on out-of-memory halve the chunk and go on."""
+    out, start, size = [], 0, max(1, batch_size)
+    while start < len(items):
+        chunk = items[start:start + size]
+        try:
+            out.extend(fn(chunk))
+        except Exception as exc:
+            if not is_oom(exc) or size == 1:
+                raise
+            _free_memory()
+            size = max(1, size // 2)
+            continue
+        start += len(chunk)
+    return out
+
+
+def _free_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class LocalTeacher(Teacher):
+    """A causal LM from an HF id or local folder (resolved by `kdlib.registry.models`), loaded on first use."""
+    backend = "local"
+
+    def __init__(self, model: str = models.TEACHER_ID, *, device: str = "auto", dtype: str = "auto",
+                 batch_size: int = 32, commit_every: int | None = None, revision: str | None = None,
+                 trust_remote_code: bool = False, amateur: int | str | None = None, **common):
+        from kdlib.lab.setup import pick_device, pick_dtype
+
+        commit_every = 4 * batch_size if commit_every is None else commit_every
+        for name, value in (("batch_size", batch_size), ("commit_every", commit_every)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        self.resolved = models.resolve(model, revision)
+        super().__init__(self.resolved.name, self.resolved.revision, **common)
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(self.device, dtype)
+        self.batch_size = batch_size      # rows decoded at once
+        self.commit_every = commit_every  # rows per cache commit: fastgen refills finished rows within it
+        self.trust_remote_code = trust_remote_code
+        # The amateur of contrastive decoding: the expert's first N layers (int) or another model sharing
+        # the tokenizer (HF id or path). Loaded on the first contrastive call.
+        if amateur is not None and (isinstance(amateur, bool) or not isinstance(amateur, int | str)):
+            raise TypeError(f"amateur must be a layer count (int) or a model id/path, got {amateur!r}")
+        self.amateur = amateur
+        self._model = self._tokenizer = self._amateur_model = None
+
+    def identity(self) -> dict:
+        # dtype changes the numbers (and so greedy ties and samples); the device mostly does not.
+        ident = {**super().identity(), "dtype": str(self.dtype).removeprefix("torch.")}
+        if self.amateur is not None:  # only when set: keys of teachers without one stay as they were
+            ident["amateur"] = self.amateur
+        return ident
+
+    def _check_supported(self, params: GenParams) -> None:
+        if params.grammar and params.contrastive > 0:
+            raise Unsupported("structured generation and contrastive decoding do not combine here: the grammar "
+                              "constrains fastgen's engine, contrastive decoding runs its own loop")
+        if params.contrastive > 0 and self.amateur is None:
+            raise ValueError("contrastive decoding needs an amateur: make_teacher(..., amateur=N) uses the "
+                             "teacher's first N layers, or pass a weaker model's id/path sharing its tokenizer")
+
+    def amateur_model(self):
+        """The contrastive amateur, built or loaded once."""
+        if self._amateur_model is None:
+            model, _ = self.load()
+            if isinstance(self.amateur, int):
+                from kdlib.distillation.distill import truncated_student
+
+                self._amateur_model = truncated_student(model, self.amateur).eval()
+            else:
+                resolved = models.resolve(self.amateur)
+                self._amateur_model, tok = models.load_causal_lm(resolved, self.device, self.dtype)
+                from kdlib.distillation.distill import check_same_tokenizer
+
+                check_same_tokenizer(self.tokenizer, tok)
+        return self._amateur_model
+
+    # --- loading and tokenising ----------------------------------------------------------------
+    def load(self):
+        """(model, tokenizer), loaded once; a run served wholly from the cache never loads them."""
+        if self._model is None:
+            self._model, self._tokenizer = models.load_causal_lm(
+                self.resolved, self.device, self.dtype, trust_remote_code=self.trust_remote_code)
+        return self._model, self._tokenizer
+
+    @property
+    def tokenizer(self):
+        return self.load()[1]
+
+    def prompt_text(self, prompt) -> str:
+        """The text the model sees: chat conversations go through the chat template."""
+        if isinstance(prompt, str):
+            return prompt
+        tok = self.tokenizer
+        if not getattr(tok, "chat_template", None):
+            raise ValueError(f"{self.model} has no chat template: pass plain-text prompts instead of messages")
+        return tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+
+    def encode(self, prompt) -> list[int]:
+        # Templated text already carries its special tokens; raw text gets the tokenizer's usual ones.
+        return self.tokenizer(self.prompt_text(prompt), add_special_tokens=isinstance(prompt, str)).input_ids
+
+    def eos_token_ids(self) -> list[int]:
+        model, tok = self.load()
+        ids = model.generation_config.eos_token_id
+        ids = list(ids) if isinstance(ids, list | tuple) else [ids] if ids is not None else []
+        if tok.eos_token_id is not None and tok.eos_token_id not in ids:
+            ids.append(tok.eos_token_id)
+        return ids
+
+    # --- generation ----------------------------------------------------------------------------
+    def _plan(self, requests: list[Request]) -> list[list[Request]]:
+        lengths = {r.key: len(self.encode(r.prompt)) + len(r.candidate or "") // 4 for r in requests}
+        ordered = sorted(requests, key=lambda r: lengths[r.key])  # stable: ties keep request order
+        size = self.commit_every
+        return [ordered[i:i + size] for i in range(0, len(ordered), size)]
+
+    def _run_generate(self, batch: list[Request], params: GenParams) -> list[Entry]:
+        ids = [self.encode(r.prompt) for r in batch]
+        grammars = [r.grammar for r in batch]
+        outs = self.generate_ids(ids, params, [r.seed for r in batch], grammars if any(grammars) else None)
+        return [self._entry(out, params) for out in outs]
+
+    def generate_ids(self, prompts: list[list[int]], params: GenParams, seeds: list[int],
+                     grammars: list[str] | None = None):
+        """Raw generation over token ids (no cache): a list of fastgen GenerationOutput. `grammars`: one
+        spec per prompt ("" = free), else `params.grammar` for all."""
+        from kdlib.teachers import fastgen
+
+        model, tok = self.load()
+        sampling = fastgen.SamplingParams(
+            max_new_tokens=params.max_new_tokens, temperature=params.temperature, top_p=params.top_p,
+            top_k=params.top_k, min_p=params.min_p, typical_p=params.typical_p,
+            adaptive_temperature=params.adaptive_temperature, stop_token_ids=tuple(params.stop_token_ids))
+        if params.contrastive > 0:
+            from kdlib.teachers import contrastive
+
+            return contrastive.generate(model, self.amateur_model(), prompts, sampling, params.contrastive,
+                                        params.contrastive_alpha, seeds=seeds, eos_token_ids=self.eos_token_ids(),
+                                        pad_token_id=tok.pad_token_id, batch_size=self.batch_size)
+        grammars = grammars if grammars is not None else [params.grammar] * len(prompts)
+        constraints = None
+        if any(grammars):
+            from kdlib.teachers.structured import Constraint
+
+            compiled = {g: Constraint.for_tokenizer(tok, g) for g in set(grammars) if g}
+            constraints = [compiled.get(g) for g in grammars]
+        return fastgen.generate(model, prompts, sampling, seeds=seeds, batch_size=self.batch_size,
+                                eos_token_ids=self.eos_token_ids(), pad_token_id=tok.pad_token_id,
+                                constraints=constraints)
+
+    def _entry(self, out, params: GenParams) -> Entry:
+        ids = out.token_ids
+        if out.finish_reason == "stop" and ids and ids[-1] in self.eos_token_ids() + list(params.stop_token_ids):
+            ids = ids[:-1]  # as in the OpenAI API, the stop itself is not part of the text
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        text, stopped = cut_at_stop(text, params.stop)
+        finish = "stop" if stopped else out.finish_reason
+        return Entry("generate", text, out.prompt_tokens, len(out.token_ids), finish)
+
+    # --- scoring -------------------------------------------------------------------------------
+    def _run_score(self, batch: list[Request]) -> list[Entry]:
+        prefixes = [self.prompt_text(r.prompt) for r in batch]
+        raw = [isinstance(r.prompt, str) for r in batch]
+        texts = [p + r.candidate for p, r in zip(prefixes, batch)]
+        per_text = self.token_logprobs(texts, add_special_tokens=raw)
+        entries = []
+        for prefix, toks in zip(prefixes, per_text):
+            # A token belongs to the candidate if it ends after the prompt does.
+            lps = [t.logprob for t in toks if t.end > len(prefix) and t.logprob is not None]
+            entries.append(Entry("score", None, len(toks), 0, None, {"token_logprobs": lps}))
+        return entries
+
+    def token_logprobs(self, texts: Sequence[str], add_special_tokens: Sequence[bool] | bool = True,
+                       top: int = 0) -> list[list[TokenLogprob]]:
+        """Per-token log-probs of each text under the model (batched, halving on OOM)."""
+        flags = [add_special_tokens] * len(texts) if isinstance(add_special_tokens, bool) else list(add_special_tokens)
+        rows = list(zip(texts, flags))
+        return run_halving(lambda chunk: self._logprob_batch(chunk, top), rows, self.batch_size)
+
+    def _logprob_batch(self, rows: list[tuple[str, bool]], top: int) -> list[list[TokenLogprob]]:
+        import torch
+
+        model, tok = self.load()
+        encs = [tok(text, add_special_tokens=flag, return_offsets_mapping=True) for text, flag in rows]
+        width = max(len(e.input_ids) for e in encs)
+        ids = torch.full((len(encs), width), tok.pad_token_id or 0, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, e in enumerate(encs):  # right padding: positions (and so logits) match an unpadded pass
+            ids[i, :len(e.input_ids)] = torch.tensor(e.input_ids)
+            mask[i, :len(e.input_ids)] = 1
+        with torch.inference_mode():
+            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
+            logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+            picked = logp.gather(-1, ids[:, 1:].to(logp.device).unsqueeze(-1)).squeeze(-1).cpu()
+            tops = torch.topk(logp, top, dim=-1) if top else None
+        return [self._token_rows(tok, e, picked[i], tops, i) for i, e in enumerate(encs)]
+
+    @staticmethod
+    def _token_rows(tok, enc, picked, tops, row: int) -> list[TokenLogprob]:
+        out = []
+        for pos, (tid, (start, end)) in enumerate(zip(enc.input_ids, enc.offset_mapping)):
+            lp = float(picked[pos - 1]) if pos > 0 else None
+            alt = ()
+            if tops is not None and pos > 0:
+                alt = tuple((tok.decode([int(t)]), float(v))
+                            for v, t in zip(tops.values[row, pos - 1].cpu(), tops.indices[row, pos - 1].cpu()))
+            out.append(TokenLogprob(tok.decode([tid]), start, end, lp, alt))
+        return out
+
