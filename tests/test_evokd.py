@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from kdlib.students.student import StudentConfig
+from kdlib.students.encoder import StudentConfig
 from kdlib.synthesis import evokd, synth
 
 SPEC = synth.TaskSpec("a one-sentence movie review", {"negative": "is negative", "positive": "is positive"})
@@ -150,7 +150,7 @@ RUN = textwrap.dedent("""
     import sys, json, torch
     torch.set_num_threads(1)
     from kdlib.synthesis import evokd, synth
-    from kdlib.students.student import StudentConfig
+    from kdlib.students.encoder import StudentConfig
     from kdlib.teachers.teacher import make_teacher
     spec = synth.TaskSpec("a one-sentence movie review", {"negative": "is negative", "positive": "is positive"})
     seeds = json.loads(sys.argv[3])

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kdlib.students import qa
-from kdlib.students.student import _pretrained
+from kdlib.students.encoder import _pretrained
 
 CONTEXT = ("The Denver Broncos defeated the Carolina Panthers 24-10 to win Super Bowl 50, played on February 7, "
            "2016 at Levi's Stadium in Santa Clara, California. ") * 6 + "The halftime show was headlined by Coldplay."
@@ -74,7 +74,8 @@ def test_a_short_run_learns_and_answers_with_context_spans():
 
 def test_yes_no_maybe_student_is_the_classifier_over_question_context_pairs(mirror):
     from kdlib.registry import data
-    from kdlib.students.student import StudentConfig, train_classifier
+    from kdlib.students.encoder import StudentConfig
+    from kdlib.students.student import train_classifier
 
     pubmed = data.load("pubmedqa")
     train = data.k_shot_rows(pubmed["train"], 4, seed=0)

@@ -81,7 +81,7 @@ def test_sft_lowers_the_loss_on_its_data_and_changes_the_answer(lm):
 @pytest.mark.slow
 def test_self_training_adds_confident_pseudo_labels(mirror):
     from kdlib.registry import data
-    from kdlib.students.student import StudentConfig
+    from kdlib.students.encoder import StudentConfig
 
     dd = data.load("sst2")
     names = data.label_names(dd)

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from kdlib.students import student
-from kdlib.students.student import StudentConfig
+from kdlib.students import encoder, fit, student
+from kdlib.students.encoder import StudentConfig
 
 # ----------------------------------------------------------------------------- config
 
@@ -34,17 +34,17 @@ def test_replace_validates_again():
 
 def test_step_plan_respects_min_and_max_steps():
     # 10 examples at batch 4 -> 3 steps per epoch
-    assert student._plan(10, StudentConfig(batch_size=4, epochs=2, min_steps=0)) == (3, 6, 3)
-    assert student._plan(10, StudentConfig(batch_size=4, epochs=2, min_steps=50))[1] == 50
-    assert student._plan(10, StudentConfig(batch_size=4, epochs=20, min_steps=0, max_steps=7))[1] == 7
+    assert fit._plan(10, StudentConfig(batch_size=4, epochs=2, min_steps=0)) == (3, 6, 3)
+    assert fit._plan(10, StudentConfig(batch_size=4, epochs=2, min_steps=50))[1] == 50
+    assert fit._plan(10, StudentConfig(batch_size=4, epochs=20, min_steps=0, max_steps=7))[1] == 7
     # automatic evaluation: per epoch, but at most MAX_AUTO_EVALS times
-    assert student._plan(4, StudentConfig(batch_size=4, epochs=1, min_steps=100))[2] == 100 // student.MAX_AUTO_EVALS
+    assert fit._plan(4, StudentConfig(batch_size=4, epochs=1, min_steps=100))[2] == 100 // fit.MAX_AUTO_EVALS
 
 
 def test_schedule_covers_each_epoch_then_stops_at_total():
     import torch
 
-    steps = list(student._schedule(5, StudentConfig(batch_size=2), 7, torch.Generator().manual_seed(0)))
+    steps = list(fit._schedule(5, StudentConfig(batch_size=2), 7, torch.Generator().manual_seed(0)))
     assert [len(idx) for _, idx in steps] == [2, 2, 1, 2, 2, 1, 2]
     assert sorted(i for _, idx in steps[:3] for i in idx) == [0, 1, 2, 3, 4]
     assert [e for e, _ in steps[:4]] == pytest.approx([0.4, 0.8, 1.0, 1.4])
@@ -54,7 +54,7 @@ def test_best_state_keeps_the_best_weights():
     import torch
 
     net = torch.nn.Linear(2, 1)
-    best = student._BestState()
+    best = fit._BestState()
     for step, score in enumerate([0.5, 0.7, 0.6, 0.7], 1):
         with torch.no_grad():
             net.weight.fill_(step)
@@ -101,7 +101,7 @@ def test_align_tags_first_wordpiece_only():
     # [CLS] eu rejects british ##ness lamb . [SEP]; word 3 ("\u200b") produces no wordpiece
     word_ids = [None, 0, 1, 2, 2, 4, 5, None]
     tags = [3, 0, 7, 0, 0, 0]
-    assert student.align_tags(word_ids, tags) == [-100, 3, 0, 7, -100, 0, 0, -100]
+    assert encoder.align_tags(word_ids, tags) == [-100, 3, 0, 7, -100, 0, 0, -100]
 
 
 def test_align_tags_with_the_real_tokenizer():
@@ -110,10 +110,10 @@ def test_align_tags_with_the_real_tokenizer():
     tok = load_tokenizer(ENCODER_ID)
     words = ["EU", "rejects", "Britishness", "\u200b", "lamb", "."]
     tags = [1, 0, 3, 0, 0, 0]  # B-ORG O B-MISC O O O
-    ids, word_ids = student._encode_words(tok, [words], 64)
+    ids, word_ids = encoder._encode_words(tok, [words], 64)
     pieces = tok.convert_ids_to_tokens(ids[0])
     assert pieces == ["[CLS]", "eu", "rejects", "british", "##ness", "lamb", ".", "[SEP]"]
-    assert student.align_tags(word_ids[0], tags) == [-100, 1, 0, 3, -100, 0, 0, -100]
+    assert encoder.align_tags(word_ids[0], tags) == [-100, 1, 0, 3, -100, 0, 0, -100]
 
 
 def test_weighted_loss_matches_manual_weighting():
@@ -124,12 +124,12 @@ def test_weighted_loss_matches_manual_weighting():
     labels = torch.tensor([0, 0, 1])
     weights = torch.tensor([1.0, 0.0, 2.0])
     per = F.cross_entropy(logits, labels, reduction="none")
-    assert student._weighted_loss(logits, labels, weights).item() == pytest.approx(((per[0] + 2 * per[2]) / 3).item())
+    assert fit._weighted_loss(logits, labels, weights).item() == pytest.approx(((per[0] + 2 * per[2]) / 3).item())
     # tagging: ignored wordpieces neither count nor weigh
     tag_logits = logits.unsqueeze(0)
     tag_labels = torch.tensor([[0, -100, 1]])
     expected = (per[0] + per[2]) / 2
-    assert student._weighted_loss(tag_logits, tag_labels, torch.tensor([1.0])).item() == pytest.approx(expected.item())
+    assert fit._weighted_loss(tag_logits, tag_labels, torch.tensor([1.0])).item() == pytest.approx(expected.item())
 
 
 # ----------------------------------------------------------------------------- training (real model and data)

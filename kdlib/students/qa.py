@@ -7,7 +7,7 @@ seeding. The loss is HF's: the mean of the start and end cross-entropies over po
 
     L = ½ (CE(s, i_start) + CE(e, i_end)),   s, e: [B, T] scores, i_*: gold wordpiece indices,
 
-which is `student._weighted_loss`'s tagging path applied to logits arranged [B, 2, T].
+which is `fit._weighted_loss`'s tagging path applied to logits arranged [B, 2, T].
 
 Long contexts are cut into windows of `max_length` wordpieces that overlap by `stride` (the fast tokenizer's
 overflow with offset mapping, as in the HF QA examples); a training window that does not contain the whole
@@ -25,16 +25,9 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from kdlib.students.student import (
-    Student,
-    StudentConfig,
-    _check_weights,
-    _collate,
-    _fit,
-    _net_class,
-    _network,
-    _pad,
-)
+from kdlib.students.encoder import StudentConfig, _length_sorted_batches, _net_class, _network, _pad
+from kdlib.students.fit import _collate, _fit
+from kdlib.students.student import Student, _check_weights
 
 CONTEXT = 1  # sequence id of the context in a (question, context) pair
 
@@ -112,8 +105,6 @@ class QAStudent(Student):
     def _scores(self, w: Windows):
         """Start and end scores per window, as lists of float tensors of each window's length."""
         import torch
-
-        from kdlib.students.student import _length_sorted_batches
 
         out = [None] * len(w.input_ids)
         self.net.eval()

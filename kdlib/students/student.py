@@ -18,168 +18,29 @@ On CPU the same config and seed give bit-identical weights and metrics.
 
 from __future__ import annotations
 
-import copy
-import functools
 import hashlib
 import json
-import math
 import os
 import shutil
-import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
-from kdlib.registry.models import ENCODER_ID
+from kdlib.students.encoder import (
+    IGNORE_INDEX,
+    StudentConfig,
+    _encode_texts,
+    _encode_words,
+    _length_sorted_batches,
+    _network,
+    _pad,
+    _pretrained,
+    align_tags,
+)
+from kdlib.students.fit import History, _collate, _fit
 
-IGNORE_INDEX = -100          # label of wordpieces that carry no loss (cross_entropy's default)
-MAX_AUTO_EVALS = 10          # eval_every=None: once per epoch, but no more than this per run
-LONG_RUN_STEPS = 500         # runs at least this long show epoch progress
 CACHE_FORMAT = 1             # bump when the saved-student layout or training semantics change
 TASK_METRIC = {"classification": "macro_f1", "ner": "entity_f1"}
-
-
-# ----------------------------------------------------------------------------- configuration
-
-@dataclass
-class StudentConfig:
-    """Hyper-parameters of one student run; invalid values raise naming the field.
-
-    The step budget is ``epochs * ceil(n_train / batch_size)``, raised to `min_steps`
-    (a 4-example set gives one step per epoch, far too few to learn) and capped by
-    `max_steps`. With a validation set, the model is evaluated every `eval_every`
-    steps (None: once per epoch, at most ``MAX_AUTO_EVALS`` times a run, and always
-    at the last step); training stops after `patience` evaluations without
-    improvement of `metric` and the best evaluated weights are restored.
-    """
-
-    model: str = ENCODER_ID
-    max_length: int = 64            # wordpieces per text, [CLS]/[SEP] included
-    batch_size: int = 32
-    eval_batch_size: int = 128
-    lr: float = 5e-5                # encoder
-    head_lr: float = 1e-2           # fresh head: 1e-2 beat 1e-3 with 256 sst2 examples (0.81 vs 0.49 acc, 16 steps)
-    epochs: int = 3
-    max_steps: int | None = None
-    min_steps: int = 30             # ag_news 4-shot: 0.67-0.83 acc vs 0.60-0.68 with the 3 steps of 3 epochs
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.01
-    max_grad_norm: float | None = 1.0
-    dropout: float = 0.1            # before the head
-    patience: int | None = 3        # evaluations without improvement; None never stops early
-    eval_every: int | None = None   # steps
-    metric: str | None = None       # None: macro_f1 for classification, entity_f1 for NER
-    seed: int = 0
-    device: str = "auto"
-
-    def __post_init__(self):
-        _positive_int(self, "max_length", "batch_size", "eval_batch_size", "epochs")
-        _optional_positive_int(self, "max_steps", "patience", "eval_every")
-        if not isinstance(self.min_steps, int) or isinstance(self.min_steps, bool) or self.min_steps < 0:
-            raise ValueError(f"StudentConfig.min_steps must be an integer >= 0, got {self.min_steps!r}")
-        for name in ("lr", "head_lr"):
-            value = getattr(self, name)
-            if not _is_real(value) or not 0 < value < 1:
-                raise ValueError(f"StudentConfig.{name} must be a number in (0, 1), got {value!r}")
-        for name, upper in (("warmup_ratio", 1.0), ("dropout", 1.0), ("weight_decay", math.inf)):
-            value = getattr(self, name)
-            if not _is_real(value) or not 0 <= value < upper:
-                raise ValueError(f"StudentConfig.{name} must be a number in [0, {upper}), got {value!r}")
-        if self.max_grad_norm is not None and (not _is_real(self.max_grad_norm) or self.max_grad_norm <= 0):
-            raise ValueError(f"StudentConfig.max_grad_norm must be > 0 or None, got {self.max_grad_norm!r}")
-        if self.max_steps is not None and self.max_steps < self.min_steps:
-            raise ValueError(f"StudentConfig.max_steps ({self.max_steps}) is below min_steps ({self.min_steps})")
-        if self.max_length > 512:
-            raise ValueError(f"StudentConfig.max_length must be <= 512 (BERT positions), got {self.max_length}")
-        if not isinstance(self.model, str) or not self.model:
-            raise ValueError(f"StudentConfig.model must be a model name or path, got {self.model!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ValueError(f"StudentConfig.seed must be an integer, got {self.seed!r}")
-        if not isinstance(self.device, str):
-            raise ValueError(f"StudentConfig.device must be a string such as 'auto' or 'cpu', got {self.device!r}")
-
-    def replace(self, **changes) -> StudentConfig:
-        """A copy with some fields changed (validated again)."""
-        return StudentConfig(**{**asdict(self), **changes})
-
-
-def _is_real(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _positive_int(cfg, *names):
-    for name in names:
-        value = getattr(cfg, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"StudentConfig.{name} must be an integer >= 1, got {value!r}")
-
-
-def _optional_positive_int(cfg, *names):
-    for name in names:
-        if getattr(cfg, name) is not None:
-            _positive_int(cfg, name)
-
-
-# ----------------------------------------------------------------------------- pretrained weights, cached
-
-@functools.lru_cache(maxsize=4)
-def _pretrained(name: str):
-    """(encoder, tokenizer, revision) read from disk once per process; callers deep-copy the encoder."""
-    from transformers import AutoModel, AutoTokenizer
-
-    from kdlib.registry.models import resolve
-
-    res = resolve(name)
-    encoder = AutoModel.from_pretrained(res.path)
-    tokenizer = AutoTokenizer.from_pretrained(res.path)
-    if not getattr(tokenizer, "is_fast", False):
-        raise ValueError(f"model {name!r}: a fast tokenizer is needed (word_ids for NER alignment)")
-    return encoder.eval(), tokenizer, res.revision
-
-
-def _network(config: StudentConfig, num_labels: int, token_level: bool, net_class=None):
-    """A fresh student network on the config's device, seeded head on a copy of the encoder; `net_class`
-    (a subclass of the standard network, e.g. `kdlib.students.qa`'s span network) replaces the standard one."""
-    import torch
-
-    from kdlib.lab.setup import pick_device
-
-    encoder, tokenizer, _ = _pretrained(config.model)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        net = (net_class or _net_class())(copy.deepcopy(encoder), num_labels, config.dropout, token_level)
-    return net.to(pick_device(config.device)), tokenizer
-
-
-@functools.cache
-def _net_class():  # defined on first use so that importing kdlib does not import torch
-    import torch
-    from torch import nn
-
-    class Net(nn.Module):
-        """Encoder + dropout + linear head; mean-pooled for sentences, per token for tagging."""
-
-        def __init__(self, encoder, num_labels: int, dropout: float, token_level: bool):
-            super().__init__()
-            self.encoder, self.token_level = encoder, token_level
-            self.dropout = nn.Dropout(dropout)
-            self.head = nn.Linear(encoder.config.hidden_size, num_labels)
-            nn.init.normal_(self.head.weight, std=encoder.config.initializer_range)
-            nn.init.zeros_(self.head.bias)
-
-        def hidden(self, input_ids, attention_mask):
-            return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
-        def pooled(self, input_ids, attention_mask):
-            mask = attention_mask.unsqueeze(-1).to(torch.float32)
-            return (self.hidden(input_ids, attention_mask) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-
-        def forward(self, input_ids, attention_mask):
-            if self.token_level:
-                return self.head(self.dropout(self.hidden(input_ids, attention_mask)))
-            return self.head(self.dropout(self.pooled(input_ids, attention_mask)))
-
-    return Net
 
 
 # ----------------------------------------------------------------------------- input normalisation
@@ -274,225 +135,6 @@ def _check_weights(weights, n: int):
     if not np.all(np.isfinite(arr)) or np.any(arr < 0) or arr.sum() == 0:
         raise ValueError("sample_weights must be finite, >= 0 and not all zero")
     return arr.tolist()
-
-
-# ----------------------------------------------------------------------------- tokenisation and batches
-
-def align_tags(word_ids: Sequence[int | None], tags: Sequence[int]) -> list[int]:
-    """Word-level tag ids onto wordpieces: the first piece of a word gets its tag, the rest -100.
-
-    `word_ids` is a fast tokenizer's ``encoding.word_ids()``: None for special tokens,
-    else the index of the word a piece belongs to. Words cut off by truncation, or
-    that produce no piece at all, simply have no position.
-    """
-    out, previous = [], None
-    for wid in word_ids:
-        out.append(IGNORE_INDEX if wid is None or wid == previous else tags[wid])
-        previous = wid
-    return out
-
-
-def _encode_texts(tokenizer, texts: list, max_length: int) -> list[list[int]]:
-    """Input ids of texts, or of (first, second) pairs ([CLS] first [SEP] second [SEP], the longer cut first)."""
-    if texts and isinstance(texts[0], tuple):
-        return tokenizer([a for a, _ in texts], [b for _, b in texts], truncation="longest_first",
-                         max_length=max_length)["input_ids"]
-    return tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
-
-
-def _encode_words(tokenizer, tokens: list[list[str]], max_length: int):
-    """(input ids, word_ids) per sentence of pre-split words."""
-    enc = tokenizer(tokens, is_split_into_words=True, truncation=True, max_length=max_length)
-    return enc["input_ids"], [enc.word_ids(i) for i in range(len(tokens))]
-
-
-def _pad(sequences: list[list[int]], value: int, device):
-    """Right-padded LongTensor of a batch plus its attention mask (dynamic padding)."""
-    import torch
-
-    width = max(len(s) for s in sequences)
-    out = torch.full((len(sequences), width), value, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, seq in enumerate(sequences):
-        out[i, :len(seq)] = torch.tensor(seq, dtype=torch.long)
-        mask[i, :len(seq)] = 1
-    return out.to(device), mask.to(device)
-
-
-def _length_sorted_batches(ids: list[list[int]], batch_size: int) -> list[list[int]]:
-    """Indices grouped by length so that inference batches carry little padding."""
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-# ----------------------------------------------------------------------------- history and the loop
-
-@dataclass
-class History:
-    """What happened during training: one loss per step, one record per evaluation."""
-
-    loss: list[float] = field(default_factory=list)
-    evals: list[dict] = field(default_factory=list)   # {"step", "epoch", "score", **metrics}
-    total_steps: int = 0
-    steps_per_epoch: int = 0
-    best_step: int | None = None
-    best_score: float | None = None
-    stopped_early: bool = False
-    seconds: float = 0.0
-
-    def frame(self):
-        """Evaluations as a DataFrame (one row each), for plotting learning curves."""
-        import pandas as pd
-
-        return pd.DataFrame(self.evals)
-
-
-def _plan(n_train: int, config: StudentConfig) -> tuple[int, int, int]:
-    """(steps_per_epoch, total_steps, eval_every) from the data size and config."""
-    steps_per_epoch = math.ceil(n_train / config.batch_size)
-    total = max(config.epochs * steps_per_epoch, config.min_steps)
-    if config.max_steps is not None:
-        total = min(total, config.max_steps)
-    every = config.eval_every or max(steps_per_epoch, math.ceil(total / MAX_AUTO_EVALS))
-    return steps_per_epoch, total, every
-
-
-def _optimizer(net, config: StudentConfig, total_steps: int):
-    """AdamW (no decay on biases and LayerNorm) with linear warmup then linear decay to 0."""
-    import torch
-
-    groups = {"decay": [], "no_decay": [], "head": []}
-    for name, param in net.named_parameters():
-        if name.startswith("head."):
-            groups["head"].append(param)
-        elif name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name:
-            groups["no_decay"].append(param)
-        else:
-            groups["decay"].append(param)
-    optimizer = torch.optim.AdamW([
-        {"params": groups["decay"], "lr": config.lr, "weight_decay": config.weight_decay},
-        {"params": groups["no_decay"], "lr": config.lr, "weight_decay": 0.0},
-        {"params": groups["head"], "lr": config.head_lr, "weight_decay": config.weight_decay},
-    ])
-    warmup = round(config.warmup_ratio * total_steps)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def _weighted_loss(logits, labels, weights):
-    """Cross-entropy where each example's terms are scaled by its weight.
-
-    Classification: mean over the batch of w_i * CE_i. Tagging: sum of w_s * CE over
-    labelled wordpieces divided by their count. A weight-0 example thus contributes
-    nothing, and weights are comparable across batches (no per-batch renormalisation).
-    """
-    import torch.nn.functional as F
-
-    if logits.dim() == 3:  # tagging: broadcast the sentence weight to its wordpieces
-        weights = weights.unsqueeze(1).expand_as(labels)
-        logits, labels, weights = logits.flatten(0, 1), labels.flatten(), weights.flatten()
-    per_item = F.cross_entropy(logits, labels, reduction="none", ignore_index=IGNORE_INDEX)
-    counted = (labels != IGNORE_INDEX).sum().clamp(min=1)
-    return (per_item * weights).sum() / counted
-
-
-def _schedule(n_examples: int, config: StudentConfig, total: int, generator):
-    """Yield (fractional epoch after the batch, example indices) for `total` steps of seeded shuffled epochs."""
-    import torch
-
-    step = 0
-    for epoch in range(math.ceil(total / math.ceil(n_examples / config.batch_size))):
-        order = torch.randperm(n_examples, generator=generator).tolist()
-        for first in range(0, n_examples, config.batch_size):
-            if step == total:
-                return
-            step += 1
-            last = min(first + config.batch_size, n_examples)
-            yield epoch + last / n_examples, order[first:last]
-
-
-class _BestState:
-    """Keeps the best-scoring weights in memory and counts evaluations without improvement."""
-
-    def __init__(self):
-        self.state, self.score, self.step, self.stale = None, None, None, 0
-
-    def update(self, net, step: int, score: float) -> None:
-        if self.score is None or score > self.score:  # ties keep the earlier (shorter-trained) weights
-            self.score, self.step, self.stale = score, step, 0
-            self.state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-        else:
-            self.stale += 1
-
-    def restore(self, net) -> None:
-        if self.state is not None:
-            net.load_state_dict(self.state)
-
-
-def _train_step(net, batch, optimizer, scheduler, max_grad_norm: float | None) -> float:
-    import torch
-
-    loss = _weighted_loss(net(batch["input_ids"], batch["attention_mask"]), batch["labels"], batch["weights"])
-    loss.backward()
-    if max_grad_norm is not None:
-        torch.nn.utils.clip_grad_norm_(net.parameters(), max_grad_norm)
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    return float(loss.detach())
-
-
-def _validation_score(validate, metric: str) -> tuple[float, dict]:
-    scores = validate()
-    if metric not in scores:
-        raise ValueError(f"StudentConfig.metric {metric!r} is not among the validation metrics {sorted(scores)}")
-    return float(scores[metric]), scores
-
-
-def _fit(net, examples: list[tuple], collate, config: StudentConfig, validate) -> History:
-    """Train `net` in place on `examples`, evaluating with `validate` (a `_Validator`) if enabled.
-
-    Shuffling uses its own seeded generator and dropout runs under a forked, seeded
-    torch RNG, so results neither depend on nor disturb the caller's random state.
-    """
-    import torch
-
-    from kdlib.lab.progress import track
-
-    steps_per_epoch, total, every = _plan(len(examples), config)
-    history = History(total_steps=total, steps_per_epoch=steps_per_epoch)
-    metric = config.metric or validate.metric
-    optimizer, scheduler = _optimizer(net, config, total)
-    best, start = _BestState(), time.monotonic()
-    steps = _schedule(len(examples), config, total, torch.Generator().manual_seed(config.seed))
-    if total >= LONG_RUN_STEPS:
-        steps = track(steps, desc="student steps", total=total)
-    device = next(net.parameters()).device
-    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
-        torch.manual_seed(config.seed + 1)  # dropout stream, distinct from the head-init stream
-        net.train()
-        for step, (epoch, indices) in enumerate(steps, 1):
-            batch = collate([examples[i] for i in indices])
-            history.loss.append(_train_step(net, batch, optimizer, scheduler, config.max_grad_norm))
-            if not validate.enabled or (step % every and step != total):
-                continue
-            score, scores = _validation_score(validate, metric)
-            net.train()
-            history.evals.append({"step": step, "epoch": epoch, "score": score, **scores})
-            best.update(net, step, score)
-            if config.patience is not None and best.stale >= config.patience and step >= config.min_steps:
-                history.stopped_early = True
-                break
-    best.restore(net)
-    history.best_step, history.best_score = best.step, best.score
-    history.seconds = time.monotonic() - start
-    net.eval()
-    return history
 
 
 class _Validator:
@@ -662,21 +304,6 @@ class TaggerStudent(Student):
 
 
 # ----------------------------------------------------------------------------- training entry points
-
-def _collate(pad_id: int, device):
-    """Batch builder for (input_ids, label(s), weight) examples; labels padded with -100."""
-    import torch
-
-    def collate(batch):
-        input_ids, mask = _pad([b[0] for b in batch], pad_id, device)
-        if isinstance(batch[0][1], list):
-            labels, _ = _pad([b[1] for b in batch], IGNORE_INDEX, device)
-        else:
-            labels = torch.tensor([b[1] for b in batch], dtype=torch.long, device=device)
-        weights = torch.tensor([b[2] for b in batch], dtype=torch.float32, device=device)
-        return {"input_ids": input_ids, "attention_mask": mask, "labels": labels, "weights": weights}
-
-    return collate
 
 
 def train_classifier(train, validation=None, config: StudentConfig | None = None,
