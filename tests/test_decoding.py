@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kdlib.distillation.distill import truncated_student
-from kdlib.teachers import contrastive, fastgen, speculative
+from kdlib.teachers import contrastive, fastgen, sampling, speculative
 from kdlib.teachers.api import GenParams
 from tests.tiny_lm import tiny_llama
 
@@ -15,16 +15,16 @@ from tests.tiny_lm import tiny_llama
 def test_typical_keeps_tokens_nearest_the_entropy():
     # One dominant token and a flat tail: the entropy is low, so the dominant token is the most typical.
     probs = torch.tensor([[0.7, 0.1, 0.1, 0.05, 0.05]])
-    kept = fastgen.typical_filter(probs, 0.5)
+    kept = sampling.typical_filter(probs, 0.5)
     assert kept[0, 0] > 0 and (kept[0, 1:] == 0).all()
-    everything = fastgen.typical_filter(probs, 1.0)
+    everything = sampling.typical_filter(probs, 1.0)
     assert (everything > 0).all()
 
 
 def test_typical_can_drop_the_most_likely_token():
     # Near-uniform top with one very likely outlier: the outlier's surprisal is far from the entropy.
     probs = torch.tensor([[0.4] + [0.6 / 30] * 30])
-    kept = fastgen.typical_filter(probs, 0.5)
+    kept = sampling.typical_filter(probs, 0.5)
     assert kept[0, 0] == 0 and (kept[0, 1:] > 0).sum() > 10
 
 
@@ -33,16 +33,16 @@ def test_adaptive_temperature_sharpens_confident_rows():
     unsure = torch.zeros(1, 4)
     logits = torch.cat([confident, unsure])
     params = fastgen.SamplingParams(temperature=1.0, adaptive_temperature=1.0)
-    temps = fastgen.row_temperatures(logits, params)
+    temps = sampling.row_temperatures(logits, params)
     assert temps[0, 0] < 0.1 and temps[1, 0] == pytest.approx(math.log(4), rel=1e-4)  # H(unsure) = ln 4 nats
-    reverse = fastgen.row_temperatures(logits, fastgen.SamplingParams(temperature=1.0, adaptive_temperature=-1.0))
+    reverse = sampling.row_temperatures(logits, fastgen.SamplingParams(temperature=1.0, adaptive_temperature=-1.0))
     assert reverse[0, 0] > 10 and reverse[1, 0] < 1
-    assert fastgen.row_temperatures(logits, fastgen.SamplingParams(temperature=0.7)) == 0.7
+    assert sampling.row_temperatures(logits, fastgen.SamplingParams(temperature=0.7)) == 0.7
 
 
 def test_adaptive_temperature_survives_masked_tokens():
     logits = torch.tensor([[2.0, float("-inf"), 0.5, float("-inf")]])
-    probs = fastgen.sampling_probs(logits, fastgen.SamplingParams(temperature=1.0, adaptive_temperature=1.0))
+    probs = sampling.sampling_probs(logits, fastgen.SamplingParams(temperature=1.0, adaptive_temperature=1.0))
     assert torch.isfinite(probs).all() and probs[0, 1] == 0 and probs[0, 0] > probs[0, 2] > 0
 
 

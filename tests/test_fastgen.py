@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from kdlib.teachers import fastgen
+from kdlib.teachers import engine, fastgen, prefix, sampling
 from kdlib.teachers.fastgen import GenerationOutput, SamplingParams
 
 EOS = 1
@@ -109,39 +109,39 @@ SORTED = [[1, 2, 3, 4, 5, 6, 7], [1, 2, 3, 4, 5, 6, 8], [1, 2, 3, 9, 8], [1, 2, 
 
 
 def test_prefix_anchors_keep_prefixes_that_pay():
-    free = fastgen.prefix_anchors(SORTED, overhead=0)
+    free = prefix.prefix_anchors(SORTED, overhead=0)
     assert [a.length if a else 0 for a in free] == [6, 6, 4, 4, 0]
     assert free[0].parent.length == 3 and free[2].parent is free[0].parent and free[0].parent.parent is None
     assert (free[0].lo, free[0].hi, free[2].lo, free[2].hi) == (0, 1, 2, 3)
     # with a forward costing 4 tokens only [1, 2, 3] pays: 4 prompts share it, saving 3 tokens 3 times over
-    dear = fastgen.prefix_anchors(SORTED, overhead=4)
+    dear = prefix.prefix_anchors(SORTED, overhead=4)
     assert [a.length if a else 0 for a in dear] == [3, 3, 3, 3, 0] and dear[0].parent is None
-    assert fastgen.prefix_anchors(SORTED, overhead=100) == [None] * 5
-    assert fastgen.prefix_anchors([]) == []
+    assert prefix.prefix_anchors(SORTED, overhead=100) == [None] * 5
+    assert prefix.prefix_anchors([]) == []
 
 
 def test_prefix_anchor_leaves_each_prompt_a_token():
-    anchors = fastgen.prefix_anchors([[1, 2, 3, 4], [1, 2, 3, 4, 5], [1, 2, 3, 4, 6]], overhead=0)
+    anchors = prefix.prefix_anchors([[1, 2, 3, 4], [1, 2, 3, 4, 5], [1, 2, 3, 4, 6]], overhead=0)
     # [1, 2, 3, 4] is a whole prompt: it cannot take that anchor and keep a token to generate from
-    assert anchors[0].length == 4 and fastgen.usable_anchor(anchors[0], 0, 0, shortest=4) is None
-    assert fastgen.usable_anchor(anchors[1], 1, 2, shortest=5) is anchors[1]
+    assert anchors[0].length == 4 and prefix.usable_anchor(anchors[0], 0, 0, shortest=4) is None
+    assert prefix.usable_anchor(anchors[1], 1, 2, shortest=5) is anchors[1]
 
 
 def test_plan_prefill_groups_prompts_sharing_anchors():
-    anchors = fastgen.prefix_anchors(SORTED, overhead=0)
-    runs = fastgen.plan_prefill(SORTED, 0, 5, anchors, overhead=2)
+    anchors = prefix.prefix_anchors(SORTED, overhead=0)
+    runs = prefix.plan_prefill(SORTED, 0, 5, anchors, overhead=2)
     assert [(lo, hi, a.length if a else 0) for lo, hi, a in runs] == [(0, 2, 6), (2, 4, 4), (4, 5, 0)]
-    runs = fastgen.plan_prefill(SORTED, 1, 3, anchors, overhead=2)
+    runs = prefix.plan_prefill(SORTED, 1, 3, anchors, overhead=2)
     assert [(lo, hi, a.length if a else 0) for lo, hi, a in runs] == [(1, 2, 6), (2, 3, 4)]
 
 
 def test_sampling_filters():
     logits = torch.tensor([[3.0, 2.0, 1.0, 0.0, -1.0]])
-    top1 = fastgen.sampling_probs(logits, SamplingParams(temperature=1.0, top_k=1))
+    top1 = sampling.sampling_probs(logits, SamplingParams(temperature=1.0, top_k=1))
     assert (top1 > 0).tolist() == [[True, False, False, False, False]]
-    top_p = fastgen.sampling_probs(logits, SamplingParams(temperature=1.0, top_p=0.8))
+    top_p = sampling.sampling_probs(logits, SamplingParams(temperature=1.0, top_p=0.8))
     assert (top_p > 0).tolist() == [[True, True, False, False, False]]  # 0.66 + 0.24 >= 0.8
-    min_p = fastgen.sampling_probs(logits, SamplingParams(temperature=1.0, min_p=0.3))
+    min_p = sampling.sampling_probs(logits, SamplingParams(temperature=1.0, min_p=0.3))
     assert (min_p > 0).tolist() == [[True, True, False, False, False]]  # exp(-1) > 0.3 > exp(-2)
 
 
@@ -168,7 +168,7 @@ def test_gpt2_greedy_matches_hf(gpt2, batch_size, share_prefix):
 
 def test_gpt2_buffer_shifts_keep_outputs(gpt2, monkeypatch):
     """Many decode steps through few rows with no slack columns force the buffer to shift often."""
-    monkeypatch.setattr(fastgen, "_SLACK_COLUMNS", 1)
+    monkeypatch.setattr(engine, "_SLACK_COLUMNS", 1)
     prompts = random_prompts(12, seed=1)
     stats = {}
     outs = fastgen.generate(gpt2, prompts, SamplingParams(max_new_tokens=20), batch_size=2, stats=stats)
@@ -179,7 +179,7 @@ def test_gpt2_buffer_shifts_keep_outputs(gpt2, monkeypatch):
 
 def test_gpt2_split_prefill_groups(gpt2, monkeypatch):
     """Free forwards make every shared prefix an anchor and split prefill groups finely."""
-    monkeypatch.setattr(fastgen, "_FORWARD_OVERHEAD_TOKENS", 0)
+    monkeypatch.setattr(prefix, "_FORWARD_OVERHEAD_TOKENS", 0)
     prompts = random_prompts(10, seed=8, lo=2, hi=40)
     prompts += [p[:len(p) // 2] + [7, 7] for p in prompts[:4]] + [prompts[0][:3]]  # nested prefixes
     stats = {}

@@ -42,14 +42,14 @@ def user(text: str, system: str | None = None) -> list[dict]:
 
 @dataclass(frozen=True)
 class GenParams:
-    """Generation parameters; field names match `kdlib.teachers.fastgen.SamplingParams` plus text `stop`."""
+    """Generation parameters; field names match `kdlib.teachers.sampling.SamplingParams` plus text `stop`."""
     max_new_tokens: int = 64
     temperature: float = 0.0      # 0 => greedy
     top_p: float = 1.0
     top_k: int = 0                # 0 => off
     min_p: float = 0.0            # 0 => off
     typical_p: float = 1.0        # locally typical sampling; 1 => off
-    adaptive_temperature: float = 0.0  # entropy exponent (kdlib.teachers.fastgen.row_temperatures); 0 => off
+    adaptive_temperature: float = 0.0  # entropy exponent (kdlib.teachers.sampling.row_temperatures); 0 => off
     contrastive: float = 0.0      # contrastive decoding strength beta (kdlib.teachers.contrastive); 0 => off
     contrastive_alpha: float = 0.1  # plausibility: keep tokens with p_expert >= alpha * max p_expert
     stop: tuple[str, ...] = ()    # output is cut before the first occurrence of any of these strings

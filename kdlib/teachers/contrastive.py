@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from kdlib.teachers import fastgen
+from kdlib.teachers import engine, fastgen, sampling
 
 
 def contrastive_scores(expert_logits: torch.Tensor, amateur_logits: torch.Tensor, beta: float,
@@ -69,12 +69,12 @@ def generate(expert, amateur, prompts: list[list[int]], params: fastgen.Sampling
             for i, out in zip(group, outs):
                 results[i] = out
 
-    fastgen.run_halving_on_oom(run, batch_size, fastgen._device_of(expert))
+    fastgen.run_halving_on_oom(run, batch_size, engine._device_of(expert))
     return results  # type: ignore[return-value]
 
 
 def _generate_batch(expert, amateur, prompts, params, beta, alpha, seeds, stop_ids, pad):
-    device = fastgen._device_of(expert)
+    device = engine._device_of(expert)
     width = max(len(p) for p in prompts)
     ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=device)
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
@@ -96,7 +96,7 @@ def _generate_batch(expert, amateur, prompts, params, beta, alpha, seeds, stop_i
         if gens is None:
             tokens = scores.argmax(-1)
         else:
-            tokens = fastgen.select_tokens(scores, params, gens)
+            tokens = sampling.select_tokens(scores, params, gens)
         tokens = torch.where(alive, tokens, torch.full_like(tokens, pad))
         for r, tok in enumerate(tokens.tolist()):
             if not alive[r]:

@@ -4,8 +4,8 @@ A strategy is a small dict of `kdlib.teachers.api.GenParams` knobs, so it goes a
 takes keyword overrides (`labeling.annotate_generate(decoding=...)`, `synth.synthesize(decoding=...)`,
 `teacher.generate(**strategy(...))`). The knobs themselves live in the teacher layer:
 
-- temperature / top-p / top-k / min-p / typical-p sampling (`kdlib.teachers.fastgen.sampling_probs`);
-- entropy-adaptive temperature (`kdlib.teachers.fastgen.row_temperatures`);
+- temperature / top-p / top-k / min-p / typical-p sampling (`kdlib.teachers.sampling.sampling_probs`);
+- entropy-adaptive temperature (`kdlib.teachers.sampling.row_temperatures`);
 - contrastive decoding against an amateur (`kdlib.teachers.contrastive`; the teacher needs ``amateur=``).
 
 Best-of-n (`best_of_n`, or ``synthesize(best_of=...)``) draws n candidates and keeps the one a scorer
