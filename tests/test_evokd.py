@@ -11,7 +11,7 @@ import time
 import pytest
 
 from kdlib.students.encoder import StudentConfig
-from kdlib.synthesis import evokd, synth
+from kdlib.synthesis import evokd, evokd_tasks, synth
 
 SPEC = synth.TaskSpec("a one-sentence movie review", {"negative": "is negative", "positive": "is positive"})
 SEEDS = [{"text": "A dull, lifeless and overlong film.", "label": "negative"},
@@ -46,16 +46,16 @@ def test_presets():
 
 
 def test_reference_labels_need_a_reference():
-    task = evokd.ClassificationTask(SPEC, StudentConfig())
+    task = evokd_tasks.ClassificationTask(SPEC, StudentConfig())
     with pytest.raises(ValueError, match="needs run\\(..., reference="):
         evokd.run(Named("a"), task, SEEDS, evokd.preset("EvoKD (reference labels)"))
 
 
 def test_agreement_and_relabelling_are_per_task():
-    task = evokd.ClassificationTask(SPEC, StudentConfig())
+    task = evokd_tasks.ClassificationTask(SPEC, StudentConfig())
     assert task.agreement(SEEDS, ["negative", "positive", "positive", "positive"]) == 0.75
     assert [r["label"] for r in task.with_labels(SEEDS[:2], ["positive", "negative"])] == ["positive", "negative"]
-    ner = evokd.NERTask(TYPES, StudentConfig())
+    ner = evokd_tasks.NERTask(TYPES, StudentConfig())
     row = {"tokens": ["Angela", "Merkel", "visited", "Paris", "."], "tags": ["B-PER", "I-PER", "O", "B-LOC", "O"]}
     assert ner.agreement([row], [row["tags"]]) == 1.0
     # the reference finds PER only: the teacher's LOC is a false positive, precision 1/2, recall 1
@@ -64,7 +64,7 @@ def test_agreement_and_relabelling_are_per_task():
 
 
 def test_training_memo_trains_once_per_rows_and_seed_and_forgets_the_least_recently_used():
-    memo, calls = evokd.TrainingMemo(size=2), []
+    memo, calls = evokd_tasks.TrainingMemo(size=2), []
 
     def train(tag):
         return lambda: calls.append(tag) or tag
@@ -87,7 +87,7 @@ class Scored:
 
 
 def test_training_memo_evaluates_a_remembered_student_once_per_dataset():
-    memo, test, other = evokd.TrainingMemo(size=1), [1, 2, 3], [1]
+    memo, test, other = evokd_tasks.TrainingMemo(size=1), [1, 2, 3], [1]
     kept = memo.get(SEEDS, 0, Scored)
     assert memo.evaluate(kept, test) == memo.evaluate(kept, test) == {"macro_f1": 0.3} and kept.calls == 1
     assert memo.evaluate(kept, other) == {"macro_f1": 0.1} and kept.calls == 2
@@ -99,7 +99,7 @@ def test_training_memo_evaluates_a_remembered_student_once_per_dataset():
 
 
 def test_prompts_show_mistakes_analysis_and_stance():
-    task = evokd.ClassificationTask(SPEC, StudentConfig())
+    task = evokd_tasks.ClassificationTask(SPEC, StudentConfig())
     right = [(SEEDS[2], "positive")]
     wrong = [(SEEDS[0], "positive")]
     a = evokd.analysis_prompt(task, right, wrong, ["It misses sarcasm."])[0]["content"]
@@ -112,7 +112,7 @@ def test_prompts_show_mistakes_analysis_and_stance():
 
 
 def test_parse_accepts_json_lines_and_counts_bad_labels():
-    task = evokd.ClassificationTask(SPEC, StudentConfig())
+    task = evokd_tasks.ClassificationTask(SPEC, StudentConfig())
     rep = task.parse(['{"text": "I hated every minute of it.", "label": "negative"}\n'
                       '{"text": "Best film of the year, easily.", "label": "Positive"}\n'
                       '{"text": "Some text here at least.", "label": "neutral"}'])
@@ -129,16 +129,16 @@ class Named:
 
 def test_checkpoint_round_trip_and_mismatch(tmp_path):
     cfg = evokd.EvoKDConfig()
-    task = evokd.ClassificationTask(SPEC, StudentConfig())
+    task = evokd_tasks.ClassificationTask(SPEC, StudentConfig())
     ident = evokd.run_identity(cfg, Named("a"), task)
     state = evokd.EvoKDState(pool=[{**s, "origin": "seed"} for s in SEEDS], analyses=["a"], history=[{"round": 0}],
                              tokens=12, round=1)
     evokd._save(tmp_path, state, cfg, ident)
     assert evokd._load(tmp_path, ident, state.pool[:4]) == state
-    assert ident == evokd.run_identity(cfg, Named("a"), evokd.ClassificationTask(SPEC, StudentConfig(device="cuda")))
+    assert ident == evokd.run_identity(cfg, Named("a"), evokd_tasks.ClassificationTask(SPEC, StudentConfig(device="cuda")))
     for other in (evokd.run_identity(evokd.EvoKDConfig(analysis=False), Named("a"), task),
                   evokd.run_identity(cfg, Named("b"), task),
-                  evokd.run_identity(cfg, Named("a"), evokd.ClassificationTask(SPEC, StudentConfig(lr=1e-4)))):
+                  evokd.run_identity(cfg, Named("a"), evokd_tasks.ClassificationTask(SPEC, StudentConfig(lr=1e-4)))):
         with pytest.raises(ValueError, match="another configuration, teacher"):
             evokd._load(tmp_path, other, state.pool[:4])
     with pytest.raises(ValueError, match="seed set"):
@@ -149,13 +149,13 @@ def test_checkpoint_round_trip_and_mismatch(tmp_path):
 RUN = textwrap.dedent("""
     import sys, json, torch
     torch.set_num_threads(1)
-    from kdlib.synthesis import evokd, synth
+    from kdlib.synthesis import evokd, evokd_tasks, synth
     from kdlib.students.encoder import StudentConfig
     from kdlib.teachers.teacher import make_teacher
     spec = synth.TaskSpec("a one-sentence movie review", {"negative": "is negative", "positive": "is positive"})
     seeds = json.loads(sys.argv[3])
     teacher = make_teacher(batch_size=4, cache_path=sys.argv[2], progress=False)
-    task = evokd.ClassificationTask(spec, StudentConfig(epochs=1, min_steps=2, max_steps=2))
+    task = evokd_tasks.ClassificationTask(spec, StudentConfig(epochs=1, min_steps=2, max_steps=2))
     cfg = evokd.EvoKDConfig(rounds=2, per_round=4, samples_per_request=1, analysis_max_new_tokens=24,
                             generate_max_new_tokens=64, seed=1)
     student, state = evokd.run(teacher, task, seeds, cfg, checkpoint_dir=sys.argv[1], progress=False)
@@ -200,7 +200,7 @@ TYPES = {"PER": "a person", "LOC": "a location", "ORG": "an organisation", "MISC
 
 
 def test_ner_task_shows_markup_and_parses_it_back():
-    task = evokd.NERTask(TYPES, StudentConfig())
+    task = evokd_tasks.NERTask(TYPES, StudentConfig())
     row = {"tokens": ["Angela", "Merkel", "visited", "Paris", "."], "tags": ["B-PER", "I-PER", "O", "B-LOC", "O"]}
     assert task.show(row) == "[Angela Merkel](PER) visited [Paris](LOC) ."
     wrong = ["B-PER", "I-PER", "O", "B-ORG", "O"]
@@ -227,7 +227,7 @@ def test_ner_round_runs_on_conll(mirror, tmp_path):
         names = data.label_names(dd)
         shots = data.k_shot(dd["train"], 1, seed=0)
         seeds = [{"tokens": t, "tags": [names[i] for i in tags]} for t, tags in zip(shots["tokens"], shots["tags"])]
-        task = evokd.NERTask(TYPES, StudentConfig(epochs=1, min_steps=2, max_steps=2))
+        task = evokd_tasks.NERTask(TYPES, StudentConfig(epochs=1, min_steps=2, max_steps=2))
         teacher = make_teacher(batch_size=4, cache_path=tmp_path / "c.sqlite", progress=False)
         cfg = evokd.EvoKDConfig(rounds=1, per_round=4, samples_per_request=1, analysis_max_new_tokens=32,
                                 generate_max_new_tokens=96)
@@ -242,8 +242,8 @@ def test_ner_round_runs_on_conll(mirror, tmp_path):
 
 
 def test_entity_types_from_tag_names():
-    assert list(evokd.entity_types(["O", "B-PER", "I-PER", "B-GENE", "I-GENE"])) == ["PER", "GENE"]
-    assert evokd.entity_types(["B-GENE"])["GENE"] == "an entity of type GENE"
+    assert list(evokd_tasks.entity_types(["O", "B-PER", "I-PER", "B-GENE", "I-GENE"])) == ["PER", "GENE"]
+    assert evokd_tasks.entity_types(["B-GENE"])["GENE"] == "an entity of type GENE"
 
 
 @pytest.mark.slow
@@ -255,7 +255,7 @@ def test_reference_labels_replace_the_teachers_and_name_the_run(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        task = evokd.ClassificationTask(SPEC, StudentConfig(epochs=1, min_steps=2, max_steps=2))
+        task = evokd_tasks.ClassificationTask(SPEC, StudentConfig(epochs=1, min_steps=2, max_steps=2))
         reference = task.train(SEEDS, 5)  # any classifier serves: the test is that its labels are the ones used
         teacher = make_teacher(batch_size=4, cache_path=tmp_path / "c.sqlite", progress=False)
         cfg = evokd.preset("EvoKD (reference labels)", evokd.EvoKDConfig(

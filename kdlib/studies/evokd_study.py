@@ -17,7 +17,7 @@ import numpy as np
 
 from kdlib.registry import data
 from kdlib.students import student
-from kdlib.synthesis import evokd, reform, synth
+from kdlib.synthesis import evokd, evokd_tasks, reform, synth
 
 AUGGPT = "AugGPT paraphrase"
 MATCHED = "static generation, EvoKD's tokens"   # static generation until it has spent what EvoKD spent
@@ -48,8 +48,8 @@ class Dataset:
     def task(self, config):
         """The EvoKD task (prompts, parsing, students) for one student configuration."""
         if self.kind == "classification":
-            return evokd.ClassificationTask(self.spec, config, test_texts=list(self.test["text"]))
-        return evokd.NERTask(evokd.entity_types(self.names), config, test_sentences=list(self.test["tokens"]))
+            return evokd_tasks.ClassificationTask(self.spec, config, test_texts=list(self.test["text"]))
+        return evokd_tasks.NERTask(evokd_tasks.entity_types(self.names), config, test_sentences=list(self.test["tokens"]))
 
     def seed_rows(self, k: int, seed: int) -> list[dict]:
         """The k-shot gold rows the runs start from."""
@@ -120,7 +120,7 @@ def _auggpt(llm, d: Dataset, task, rows: list[dict], base: evokd.EvoKDConfig, se
     trained = task.train(rows + [{"text": r["text"], "label": r["label"]} for r in res.rows], seed)
     return {"round": base.rounds, "pool": len(rows) + len(res.rows), "added": len(res.rows), "tokens": res.tokens,
             "score": trained.evaluate(d.test)[d.metric],
-            "reference_agreement": evokd.label_agreement(task, d.reference, res.rows)}
+            "reference_agreement": evokd_tasks.label_agreement(task, d.reference, res.rows)}
 
 
 def final_scores(curves, datasets: dict[str, Dataset]):
@@ -170,7 +170,7 @@ def by_stance(states: dict, datasets: dict[str, Dataset], config):
         for stance in sorted({r.get("stance", "plain") for r in generated}):
             mine = [r for r in generated if r.get("stance", "plain") == stance]
             rows.append({"dataset": name, "shots": k, "seed": s, "stance": stance, "samples": len(mine),
-                         "agreement": evokd.label_agreement(view, datasets[name].reference, mine)})
+                         "agreement": evokd_tasks.label_agreement(view, datasets[name].reference, mine)})
     if not rows:
         return pd.DataFrame()
     return pd.DataFrame(rows).groupby(["dataset", "shots", "stance"]).agg(
