@@ -6,8 +6,8 @@ import random
 import pytest
 
 from kdlib.parsing import dedup as dedup_module
+from kdlib.parsing.classification import parse_classification
 from kdlib.parsing.dedup import dedup, novelty_filter, rouge_l, words
-from kdlib.parsing.parse import parse_classification
 
 
 def texts(examples):

@@ -6,13 +6,8 @@ import time
 import pytest
 
 from kdlib.parsing import parse
-from kdlib.parsing.parse import (
-    ParseReport,
-    match_label,
-    normalise_text,
-    parse_classification,
-    parse_label,
-)
+from kdlib.parsing.classification import parse_classification
+from kdlib.parsing.parse import ParseReport, match_label, normalise_text, parse_label
 from kdlib.parsing.parse_ner import parse_ner
 
 SENT = ["negative", "positive"]

@@ -7,7 +7,7 @@ import re
 import pytest
 from conftest import one_thread_teacher
 
-from kdlib.parsing.parse import parse_classification
+from kdlib.parsing.classification import parse_classification
 from kdlib.parsing.parse_ner import parse_ner
 from kdlib.teachers import fastgen, structured
 from kdlib.teachers.api import GenParams, user

@@ -5,7 +5,7 @@ from collections import Counter
 
 import pytest
 
-from kdlib.parsing import parse
+from kdlib.parsing import classification
 from kdlib.synthesis import synth
 
 SPEC = synth.TaskSpec("a one-sentence movie review", {"negative": "is negative", "positive": "is positive"})
@@ -33,7 +33,7 @@ def test_generation_prompt_zero_and_few_shot():
 
 def test_split_inline_list():
     text = "Examples: 1. Great film. 2. Awful plot, 3 stars. 3) Fine.\nNo list here 2. nope"
-    assert parse.split_inline_list(text).splitlines() == [
+    assert classification.split_inline_list(text).splitlines() == [
         "Examples:", "1. Great film.", "2. Awful plot, 3 stars.", "3) Fine.", "No list here 2. nope"]
 
 

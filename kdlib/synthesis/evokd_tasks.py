@@ -11,7 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from kdlib.parsing.parse import ParseReport, parse_classification, split_inline_list
+from kdlib.parsing.classification import parse_classification, split_inline_list
+from kdlib.parsing.parse import ParseReport
 from kdlib.parsing.parse_ner import parse_ner, to_markup
 from kdlib.synthesis.synth import TaskSpec
 

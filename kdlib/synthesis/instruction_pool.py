@@ -21,8 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kdlib.parsing.classification import parse_classification, split_inline_list
 from kdlib.parsing.dedup import novelty_filter
-from kdlib.parsing.parse import ParseReport, parse_classification, split_inline_list
+from kdlib.parsing.parse import ParseReport
 
 SEED_INSTRUCTIONS = (
     "Rephrase the text below in other words, keeping its meaning.",

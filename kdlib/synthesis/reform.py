@@ -16,8 +16,9 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 
+from kdlib.parsing.classification import split_inline_list
 from kdlib.parsing.dedup import dedup
-from kdlib.parsing.parse import ParseReport, split_inline_list
+from kdlib.parsing.parse import ParseReport
 from kdlib.synthesis.synth import SynthResult, TaskSpec, clean_outputs
 
 PARAPHRASE = "Rephrase the text below in other words. Keep its meaning, its tone and its opinion."

@@ -24,8 +24,9 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from kdlib.parsing.classification import parse_classification, split_inline_list
 from kdlib.parsing.dedup import dedup
-from kdlib.parsing.parse import ParseReport, parse_classification, split_inline_list
+from kdlib.parsing.parse import ParseReport
 from kdlib.teachers.structured import chars_within, json_schema, string_budget, texts_schema
 
 # What a text of a known dataset is, and what each label means: better prompts than bare label

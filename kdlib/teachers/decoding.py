@@ -101,7 +101,7 @@ def likelihood_scores(judge, prompt, candidates: Sequence[str]) -> list[float]:
 def confidence_scorer(classifier, label_names: Sequence[str], min_chars: int = 10) -> Callable[[str, str], float]:
     """``scorer(label, output)`` for `synth.synthesize(best_of=...)`: the classifier's mean probability
     of the intended label over the texts the output parses into (0 when nothing parses)."""
-    from kdlib.parsing.parse import parse_classification, split_inline_list
+    from kdlib.parsing.classification import parse_classification, split_inline_list
 
     names = list(label_names)
     if list(classifier.label_names) != names:
