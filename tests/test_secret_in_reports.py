@@ -31,7 +31,7 @@ def test_key_is_absent_from_every_report_and_the_cache(tmp_path, monkeypatch):
             (profiles / "t.yaml").write_text("parameters: {}\n")
             cache = tmp_path / "cache.sqlite"
             make_notebook(nbs / "01_remote.ipynb", f'url: str = "{server.url}"  # endpoint',
-                          "from kdlib.teachers.teacher import make_teacher, user\nfrom kdlib.lab.emit import emit\n"
+                          "from kdlib.teachers.teacher import make_teacher\nfrom kdlib.teachers.api import user\nfrom kdlib.lab.emit import emit\n"
                           f"t = make_teacher(url, api_key_env='KDLIB_NB_TEST_KEY', cache_path={str(cache)!r})\n"
                           "print(t)\nouts = t.generate([user('Say hi')], max_new_tokens=4)\n"
                           "print(outs, t.ledger.summary())\nt.ledger.frame()\n"

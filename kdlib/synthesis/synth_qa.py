@@ -196,17 +196,10 @@ def synthesize_qa(teacher, passages: Sequence[str], per_passage: int = 3, *, exa
     prompts = [qa_prompt(t, per_passage, examples, structured) for t in texts]
     budget = max(4, (max_new_tokens - 8) // per_passage - 16)  # the rest of a pair: keys, quotes, a short answer
     grammars = [pairs_grammar(t, per_passage, question_max_tokens=min(48, budget)) for t in texts] if structured else None
-    outs = teacher.generate(prompts, seed=seed, temperature=temperature, max_new_tokens=max_new_tokens,
-                            grammars=grammars)
-    report, rows = ParseReport(n_inputs=len(outs)), []
-    raw = [{"passage": t, "output": o.text, "tokens": o.prompt_tokens + o.completion_tokens} for t, o in zip(texts, outs)]
-    funnel = dict.fromkeys(FUNNEL, 0)
-    funnel["requested"] = per_passage * len(texts)
-    for k, (passage, out) in enumerate(zip(texts, outs)):
-        pairs = parse_pairs(out.text)[:per_passage]
-        if not pairs:
-            report.reject(out.text, "no_pair")
-        funnel["parsed"] += len(pairs)
+    asked, report, raw, funnel = _ask(teacher, texts, prompts, grammars, per_passage, FUNNEL, seed=seed,
+                                      temperature=temperature, max_new_tokens=max_new_tokens)
+    rows = []
+    for k, (passage, pairs) in enumerate(zip(texts, asked)):
         for j, pair in enumerate(pairs):
             found = locate(pair["answer"], passage)
             if found is None:
@@ -258,17 +251,11 @@ def synthesize_yes_no(teacher, passages: Sequence[str], per_passage: int = 3, *,
     prompts = [yes_no_prompt(t, per_passage, examples, structured) for t in texts]
     grammar = json_schema(yes_no_schema(per_passage), compact=True,
                           string_max_tokens=string_budget(max_new_tokens - 8, per_passage, overhead_tokens=10))
-    outs = teacher.generate(prompts, seed=seed, temperature=temperature, max_new_tokens=max_new_tokens,
-                            grammars=[grammar] * len(prompts) if structured else None)
-    report, rows = ParseReport(n_inputs=len(outs)), []
-    raw = [{"passage": t, "output": o.text, "tokens": o.prompt_tokens + o.completion_tokens} for t, o in zip(texts, outs)]
-    funnel = dict.fromkeys(YES_NO_FUNNEL, 0)
-    funnel["requested"] = per_passage * len(texts)
-    for k, (passage, out) in enumerate(zip(texts, outs)):
-        pairs = parse_pairs(out.text)[:per_passage]
-        if not pairs:
-            report.reject(out.text, "no_pair")
-        funnel["parsed"] += len(pairs)
+    asked, report, raw, funnel = _ask(teacher, texts, prompts, [grammar] * len(prompts) if structured else None,
+                                      per_passage, YES_NO_FUNNEL, seed=seed, temperature=temperature,
+                                      max_new_tokens=max_new_tokens)
+    rows = []
+    for k, (passage, pairs) in enumerate(zip(texts, asked)):
         for j, pair in enumerate(pairs):
             label = pair["answer"].strip(" .!\"'`").casefold()
             if label not in YES_NO:
@@ -281,6 +268,27 @@ def synthesize_yes_no(teacher, passages: Sequence[str], per_passage: int = 3, *,
     funnel["deduplicated"] = len(rows)
     report.kept = rows
     return QASynthResult(rows, report, funnel, raw, sum(r["tokens"] for r in raw))
+
+
+def _ask(teacher, texts: list[str], prompts: list, grammars, per_passage: int, stages: Sequence[str], *,
+         seed: int, temperature: float, max_new_tokens: int):
+    """One teacher answer per passage, read into at most `per_passage` pairs each: (pairs per passage, the
+    report with every answer that gave none, the raw outputs with their tokens, the funnel with `requested`
+    and `parsed` counted and the later `stages` at 0)."""
+    outs = teacher.generate(prompts, seed=seed, temperature=temperature, max_new_tokens=max_new_tokens,
+                            grammars=grammars)
+    report = ParseReport(n_inputs=len(outs))
+    raw = [{"passage": t, "output": o.text, "tokens": o.prompt_tokens + o.completion_tokens} for t, o in zip(texts, outs)]
+    funnel = dict.fromkeys(stages, 0)
+    funnel["requested"] = per_passage * len(texts)
+    asked = []
+    for out in outs:
+        pairs = parse_pairs(out.text)[:per_passage]
+        if not pairs:
+            report.reject(out.text, "no_pair")
+        funnel["parsed"] += len(pairs)
+        asked.append(pairs)
+    return asked, report, raw, funnel
 
 
 def _dedup(rows: list[dict], passages: list[str], report: ParseReport, against: Sequence[str],
