@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PROFILE ?= cpu
 STAMP := $(VENV)/.installed
 
-.PHONY: install reports test lint clean-reports
+.PHONY: install reports test lint clean-reports screenshot
 
 $(STAMP): requirements.txt requirements-assets.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ reports: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q --durations=15
+
+# the report index as a headless browser draws it (optional dependency: Qt WebEngine, ~200 MB)
+screenshot: $(STAMP)
+	$(PY) -m pip install -q -r requirements-screenshot.txt
+	$(PY) -m kdlib.lab.screenshot reports/index.html reports/index.png
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -74,3 +74,27 @@ def test_emitted_numbers(monkeypatch):
     experiment.emit_columns(pd.DataFrame({"strategy": ["s1", "s2"], "tokens": [10, 20], "acc": [0.5, np.nan]}),
                             {"tokens": "tok/{}", "acc": "acc/{}"})
     assert got["tok/s2"][0] == 20 and "acc/s1" in got and "acc/s2" not in got
+
+
+def test_emit_columns_with_a_two_column_key_units_and_unranked(monkeypatch):
+    from kdlib.lab import emit
+
+    got = {}
+    monkeypatch.setattr(emit, "emit", lambda name, value, **kw: got.setdefault(name, (value, kw)))
+    frame = pd.DataFrame({"task": ["NER copy"], "drafter": ["prompt lookup"], "speedup": [1.5], "words": [12.0],
+                          "train_s": [3.0]})
+    experiment.emit_columns(frame, {"speedup": "spec/{}", "words": "words/{}", "train_s": "train_s/{}"},
+                            key=("task", "drafter"), unranked=("words",), units={"train_s": "s"},
+                            lower_is_better=("train_s",))
+    assert got["spec/ner_copy/prompt_lookup"] == (1.5, {"higher_is_better": True})
+    assert got["words/ner_copy/prompt_lookup"][1] == {"higher_is_better": None}
+    assert got["train_s/ner_copy/prompt_lookup"][1] == {"higher_is_better": False, "unit": "s"}
+
+
+def test_method_lines_state_quality_score_and_verdict_or_why_not():
+    runs = experiment.students({"gold": _rows(4), "more": _rows(8), "empty": []}, [0, 1, 2], _fit, progress=False)
+    quality = pd.DataFrame({"accuracy": [0.8], "tokens": [120]}, index=["more"])
+    lines = experiment.method_lines(runs, "macro_f1", "gold", ["more", "empty"], quality=quality,
+                                    columns={"accuracy": "label accuracy {:.2f}", "tokens": "{:.0f} tokens"})
+    assert lines[0] == "- more: label accuracy 0.80, 120 tokens; its student 0.810 ± 0.010 beats gold (0.410)."
+    assert lines[1] == "- empty: no student (empty: every label was rejected)."

@@ -246,7 +246,7 @@ def test_labelling_notebook_runs_on_an_unseen_six_class_dataset(tmp_path):
     (tmp_path / "six_topics").mkdir()
     folder = _write_six_class_set(tmp_path / "six_topics")
     records = runner.run_all("smoke", only=["01"], overrides={"dataset": str(folder), "pool_size": "24",
-                                                              "full_data_max_train": "0"},
+                                                              "student_budget.full_data_max_train": "0"},
                              out_dir=tmp_path / "reports", write_record=False)
     rec = records[0]
     assert rec["status"] == "ok", rec["error"]

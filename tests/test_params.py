@@ -60,3 +60,29 @@ def test_unknown_profile_and_profile_keys(tmp_path):
         params.load_profile("x", tmp_path)
     with pytest.raises(params.ParameterError, match="unknown notebook '03_c'"):
         params.check_profile_notebooks({"notebooks": {"03_c": {}}}, set(SPECS), "x")
+
+
+BUDGET = {"03_c": {"student_budget": params.ParamSpec(
+    "student_budget", "dict", '{"epochs": 5, "max_steps": 80, "lr": 5e-5, "note": "x"}', "budget")}}
+
+
+def test_dict_parameter_merges_parts_over_its_default():
+    profile = {"notebooks": {"03_c": {"student_budget": {"max_steps": 40}}}}
+    out = params.resolve(BUDGET, profile, {"student_budget.epochs": "2", "student_budget.lr": "1"})
+    assert out["03_c"]["student_budget"] == {"epochs": 2, "max_steps": 40, "lr": 1.0, "note": "x"}
+    assert isinstance(out["03_c"]["student_budget"]["lr"], float)
+    whole = params.resolve(BUDGET, {}, {"student_budget": "{max_steps: 7}"})
+    assert whole["03_c"]["student_budget"] == {"epochs": 5, "max_steps": 7, "lr": 5e-5, "note": "x"}
+    assert "student_budget" not in params.resolve(BUDGET, {}, {})["03_c"]  # the notebook's default applies
+
+
+def test_dict_parameter_refuses_unknown_or_ill_typed_keys():
+    with pytest.raises(params.ParameterError, match=r"unknown parameter 'student_budget.max_step' \(command line\)"
+                                                    r"\. Did you mean 'student_budget.max_steps'"):
+        params.resolve(BUDGET, {}, {"student_budget.max_step": "40"})
+    with pytest.raises(params.ParameterError, match=r"'student_budget.epochs' \(profile, 03_c\) must be like 5"):
+        params.resolve(BUDGET, {"notebooks": {"03_c": {"student_budget": {"epochs": "many"}}}}, {})
+    with pytest.raises(params.ParameterError, match=r"parameter 'student_budget' \(command line\) must be dict"):
+        params.resolve(BUDGET, {}, {"student_budget": "40"})
+    with pytest.raises(params.ParameterError, match="unknown parameter 'budget'"):
+        params.resolve(BUDGET, {}, {"budget.max_steps": "40"})

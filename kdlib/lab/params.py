@@ -4,10 +4,18 @@ The parameters cell of each notebook is the single source of truth for names,
 types, defaults and help text (``name: type = value  # help``). Profiles and
 command-line overrides are checked against it *before* any notebook runs, so a
 misspelt or ill-typed parameter costs nothing but an error message.
+
+A ``dict`` parameter groups settings that travel together (a student's training
+budget, a decoding recipe) so that a parameters cell stays one screen long. Its
+default in the notebook fixes its keys and their types: a profile or the command
+line may give any part of it (``-p student_budget.max_steps=40`` or
+``-p 'student_budget={max_steps: 40}'``), which is merged over the default, and
+a key the default lacks is refused like a misspelt parameter.
 """
 
 from __future__ import annotations
 
+import ast
 import difflib
 import re
 from dataclasses import dataclass
@@ -109,6 +117,42 @@ def coerce(spec: ParamSpec, value, source: str):
     return value
 
 
+def dict_default(spec: ParamSpec) -> dict:
+    """The default of a ``dict`` parameter, read from its literal in the notebook."""
+    try:
+        value = ast.literal_eval(spec.default)
+    except (ValueError, SyntaxError) as exc:
+        raise ParameterError(f"parameter {spec.name!r}: its default {spec.default!r} is not a literal dict") from exc
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise ParameterError(f"parameter {spec.name!r}: its default must be a dict with string keys")
+    return value
+
+
+def _same_kind(value, like) -> bool:
+    """Whether `value` may replace `like` in a dict parameter (ints widen to floats; None goes with anything)."""
+    if like is None or value is None:
+        return True
+    if isinstance(like, bool) or isinstance(value, bool):
+        return isinstance(like, bool) and isinstance(value, bool)
+    if isinstance(like, float):
+        return isinstance(value, int | float)
+    return isinstance(value, type(like))
+
+
+def merge_dict(spec: ParamSpec, current: dict, update: dict, source: str) -> dict:
+    """`current` with the keys of `update`, each checked against the notebook's default."""
+    default = dict_default(spec)
+    out = dict(current)
+    for key, value in update.items():
+        if key not in default:
+            raise ParameterError(unknown_message(f"{spec.name}.{key}", {f"{spec.name}.{k}" for k in default}, source))
+        if not _same_kind(value, default[key]):
+            raise ParameterError(f"parameter '{spec.name}.{key}' ({source}) must be like {default[key]!r}, "
+                                 f"got {value!r} ({type(value).__name__})")
+        out[key] = float(value) if isinstance(default[key], float) and isinstance(value, int) else value
+    return out
+
+
 def unknown_message(name: str, known: set[str], where: str) -> str:
     near = difflib.get_close_matches(name, sorted(known), n=3)
     hint = f" Did you mean {', '.join(repr(n) for n in near)}?" if near else ""
@@ -150,6 +194,7 @@ def resolve(specs: dict[str, dict[str, ParamSpec]], profile: dict, overrides: di
     be declared by that notebook.
     """
     every = set().union(*(set(s) for s in specs.values())) if specs else set()
+    overrides = _nest_dotted(overrides, every)
     for name in profile.get("parameters") or {}:
         if name not in (every if lab_names is None else lab_names):
             raise ParameterError(unknown_message(name, every if lab_names is None else lab_names, "profile parameters"))
@@ -168,9 +213,36 @@ def resolve(specs: dict[str, dict[str, ParamSpec]], profile: dict, overrides: di
                     if source.startswith("profile, "):
                         raise ParameterError(unknown_message(name, set(nb_specs), f"{source}"))
                     continue
-                values[name] = coerce(nb_specs[name], value, source)
+                spec = nb_specs[name]
+                if spec.type_name.replace(" ", "") == "dict":
+                    update = coerce(spec, value, source) if not isinstance(value, dict) else value
+                    values[name] = merge_dict(spec, values.get(name, dict_default(spec)), update, source)
+                else:
+                    values[name] = coerce(spec, value, source)
         resolved[stem] = values
     return resolved
+
+
+def _nest_dotted(overrides: dict[str, object], known: set[str]) -> dict[str, object]:
+    """``{"budget.max_steps": "40"}`` -> ``{"budget": {"max_steps": 40}}`` (values parsed as YAML)."""
+    out: dict[str, object] = {}
+    for name, value in overrides.items():
+        base, dot, key = name.partition(".")
+        if not dot or name in known:
+            out[name] = value
+            continue
+        if not key:
+            raise ParameterError(f"override {name!r}: a key must follow the dot")
+        if isinstance(value, str):
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError:
+                pass
+        target = out.setdefault(base, {})
+        if not isinstance(target, dict):
+            raise ParameterError(f"override {name!r} conflicts with the whole-value override of {base!r}")
+        target[key] = value
+    return out
 
 
 def check_profile_notebooks(profile: dict, stems: set[str], profile_name: str) -> None:

@@ -22,3 +22,21 @@ def label_distribution(frame, x: str = "label", y: str = "fraction", hue: str = 
     grid.set_titles("{col_name}")
     grid.figure.tight_layout()
     return grid.figure
+
+
+def small_multiples(panels: dict, draw, *, cols: int = 4, width: float = 3.4, height: float = 3.0,
+                    sharex: bool = False, sharey: bool = False):
+    """One panel per item of `panels` (a method, a loss, ...): ``draw(ax, name, value)`` fills each, spare
+    panels of the last row are hidden. Returns (figure, axes array)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    style()
+    rows = max(1, int(np.ceil(len(panels) / cols)))
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False,
+                             sharex=sharex, sharey=sharey)
+    for ax, (name, value) in zip(axes.flat, panels.items()):
+        draw(ax, name, value)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    return fig, axes

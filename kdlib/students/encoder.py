@@ -80,6 +80,27 @@ class StudentConfig:
         return StudentConfig(**{**asdict(self), **changes})
 
 
+BUDGET_KEYS = ("epochs", "min_steps", "max_steps", "full_data_max_train")
+
+
+def from_budget(budget: dict, **fields) -> tuple[StudentConfig, int]:
+    """A notebook's ``student_budget`` -> (the students' config, the full-data reference's train cap).
+
+    ``budget`` holds exactly ``epochs``, ``min_steps``, ``max_steps`` (the step budget of
+    every student, see `StudentConfig`) and ``full_data_max_train`` (rows of train the
+    full-data reference sees; 0 means all); `fields` sets any other `StudentConfig` field.
+    """
+    if not isinstance(budget, dict) or set(budget) != set(BUDGET_KEYS):
+        got = sorted(budget) if isinstance(budget, dict) else type(budget).__name__
+        raise ValueError(f"student_budget must have exactly the keys {list(BUDGET_KEYS)}, got {got}")
+    cap = budget["full_data_max_train"]
+    if not isinstance(cap, int) or isinstance(cap, bool) or cap < 0:
+        raise ValueError(f"student_budget['full_data_max_train'] must be an integer >= 0 (0: all), got {cap!r}")
+    config = StudentConfig(epochs=budget["epochs"], min_steps=budget["min_steps"], max_steps=budget["max_steps"],
+                           **fields)
+    return config, cap
+
+
 def _is_real(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 

@@ -29,6 +29,7 @@ class History:
     best_score: float | None = None
     stopped_early: bool = False
     seconds: float = 0.0
+    dynamics: list[dict] = field(default_factory=list)  # per finished epoch, when tracked: {"epoch", **observed}
 
     def frame(self):
         """Evaluations as a DataFrame (one row each), for plotting learning curves."""
@@ -144,11 +145,14 @@ def _validation_score(validate, metric: str) -> tuple[float, dict]:
     return float(scores[metric]), scores
 
 
-def _fit(net, examples: list[tuple], collate, config: StudentConfig, validate) -> History:
+def _fit(net, examples: list[tuple], collate, config: StudentConfig, validate, observe=None) -> History:
     """Train `net` in place on `examples`, evaluating with `validate` (a `_Validator`) if enabled.
 
     Shuffling uses its own seeded generator and dropout runs under a forked, seeded
     torch RNG, so results neither depend on nor disturb the caller's random state.
+    `observe` (optional, no arguments, returns a dict) is called in eval mode after every full epoch and its
+    results are kept in ``history.dynamics`` (training dynamics for dataset cartography); it consumes no
+    random numbers, so observing changes no weight.
     """
     import torch
 
@@ -169,6 +173,10 @@ def _fit(net, examples: list[tuple], collate, config: StudentConfig, validate) -
         for step, (epoch, indices) in enumerate(steps, 1):
             batch = collate([examples[i] for i in indices])
             history.loss.append(_train_step(net, batch, optimizer, scheduler, config.max_grad_norm))
+            if observe is not None and epoch == int(epoch):
+                net.eval()
+                history.dynamics.append({"epoch": int(epoch), **observe()})
+                net.train()
             if not validate.enabled or (step % every and step != total):
                 continue
             score, scores = _validation_score(validate, metric)

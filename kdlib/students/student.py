@@ -37,6 +37,9 @@ from kdlib.students.encoder import (
     _pretrained,
     align_tags,
 )
+from kdlib.students.encoder import (
+    from_budget as from_budget,  # notebooks build their configs through `student`
+)
 from kdlib.students.fit import History, _collate, _fit
 
 CACHE_FORMAT = 1             # bump when the saved-student layout or training semantics change
@@ -307,14 +310,16 @@ class TaggerStudent(Student):
 
 
 def train_classifier(train, validation=None, config: StudentConfig | None = None,
-                     label_names: Sequence[str] | None = None, sample_weights: Sequence[float] | None = None
-                     ) -> ClassifierStudent:
+                     label_names: Sequence[str] | None = None, sample_weights: Sequence[float] | None = None,
+                     track_dynamics: bool = False) -> ClassifierStudent:
     """Fine-tune encoder + head on `train` and return the (best-on-validation) student.
 
     `train`/`validation` are Datasets with text + label (ClassLabel) or lists of
     ``{"text", "label"}`` dicts whose labels are names (synthetic data) or ids.
     Label names come from `label_names`, else the train/validation ClassLabel, else
     the sorted distinct train labels. `sample_weights` gives one weight per train example.
+    `track_dynamics` records, after every full epoch, each train example's probability of its own label and
+    whether it is predicted (``student.history.dynamics``; see `kdlib.evaluation.cartography`).
     """
     config = config or StudentConfig()
     names = _resolve_names(label_names, train, validation, "label",
@@ -328,8 +333,16 @@ def train_classifier(train, validation=None, config: StudentConfig | None = None
     if validation is not None:
         v_texts, v_labels = _classification_examples(validation, names, "validation")
         val = (_encode_texts(tokenizer, v_texts, config.max_length), v_labels)
+    observe = None
+    if track_dynamics:
+        ids, gold = [e[0] for e in examples], labels
+
+        def observe():
+            probs = student._logits(ids).softmax(-1).numpy()
+            return {"p_label": probs[range(len(gold)), gold].tolist(),
+                    "correct": (probs.argmax(-1) == gold).astype(int).tolist()}
     student.history = _fit(net, examples, _collate(tokenizer.pad_token_id, student.device), config,
-                           _Validator(student, val, TASK_METRIC["classification"]))
+                           _Validator(student, val, TASK_METRIC["classification"]), observe)
     return student
 
 

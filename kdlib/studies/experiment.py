@@ -170,6 +170,35 @@ def finding(runs, metric: str, baseline: str, *, by: str | None = None, exclude:
     return "; ".join(parts) if parts else f"no method could be compared with {baseline} on {metric}"
 
 
+def method_lines(runs, metric: str, baseline: str, methods: Sequence[str], *, quality=None,
+                 columns: dict[str, str] | None = None, student: str = "its student") -> list[str]:
+    """One line per method for a notebook's closing statements, from the numbers:
+
+        - <method>: <its row of `quality`, formatted by `columns`>; its student <mean> ± <std>
+          <paired verdict> <baseline> (<baseline's mean>)
+
+    `quality` is a frame indexed by method and `columns` maps its columns to formats, e.g.
+    ``{"accuracy": "label accuracy {:.3f}", "tokens": "{:.0f} tokens"}`` (methods without a row show none).
+    A method whose training set trained nothing says why (the `problem` column of `students`)."""
+    base = mean_of(runs, metric, baseline)
+    lines = []
+    for m in methods:
+        described = []
+        if quality is not None and m in quality.index:
+            described = [fmt.format(quality.loc[m, col]) for col, fmt in (columns or {}).items()]
+        values = runs[runs.method == m][metric].dropna() if len(runs) and metric in runs else []
+        if len(values):
+            mean, std = _metrics.mean_std(values)
+            spread = "" if np.isnan(std) else f" ± {std:.3f}"
+            verdict = versus(runs, metric, m, baseline)["verdict"]
+            says = f"{student} {mean:.3f}{spread} {verdict} {baseline} ({base:.3f})"
+        else:
+            problem = next((p for p in runs[runs.method == m].get("problem", []) if p), "") if len(runs) else ""
+            says = f"no student ({problem or 'no score'})"
+        lines.append(f"- {m}: {', '.join(described)}{'; ' if described else ''}{says}.")
+    return lines
+
+
 def mean_of(runs, metric: str, method: str, **where) -> float:
     """Mean of `metric` over seeds for one method (NaN when absent)."""
     if not len(runs) or metric not in runs:
@@ -276,18 +305,25 @@ def emit_score(name: str, runs, metric: str, method: str, **where) -> None:
         emit.emit(name, mean, std=None if np.isnan(std) else std, higher_is_better=True)
 
 
-def emit_columns(frame, names: dict[str, str], key: str = "strategy", lower_is_better: Iterable[str] = ("tokens",)
-                 ) -> None:
+def emit_columns(frame, names: dict[str, str], key: str | Sequence[str] = "strategy",
+                 lower_is_better: Iterable[str] = ("tokens",), unranked: Iterable[str] = (),
+                 units: dict[str, str] | None = None) -> None:
     """Emit columns of a per-row table (e.g. one row per strategy): `names` maps a column to a metric-name
-    pattern with one `{}` for the row's key, e.g. {"accuracy": "label_accuracy/{}"}. NaN cells are skipped."""
+    pattern with one `{}` for the row's key, e.g. {"accuracy": "label_accuracy/{}"}; a key of several columns
+    joins their values with "/" (``key=("task", "drafter")`` -> ``spec_speedup/ner_copy/prompt_lookup``).
+    Columns in `unranked` are neither better high nor low; `units` maps a column to its unit ("tokens" has
+    one already). NaN cells are skipped."""
     from kdlib.lab import emit
 
-    lower = set(lower_is_better)
+    lower, neutral, units = set(lower_is_better), set(unranked), {"tokens": "tokens", **(units or {})}
+    keys = [key] if isinstance(key, str) else list(key)
     for _, row in frame.iterrows():
+        name = "/".join(emit.metric_key(str(row[k])) for k in keys)
         for column, pattern in names.items():
             value = row[column]
             if value is None or (isinstance(value, float) and np.isnan(value)):
                 continue
             value = int(value) if column in ("tokens", "rows") else float(value)
-            emit.emit(pattern.format(emit.metric_key(str(row[key]))), value, higher_is_better=column not in lower,
-                      **({"unit": "tokens"} if column == "tokens" else {}))
+            better = None if column in neutral else column not in lower
+            emit.emit(pattern.format(name), value, higher_is_better=better,
+                      **({"unit": units[column]} if column in units else {}))

@@ -101,3 +101,14 @@ def compare(methods: Sequence[str], seeds: Sequence[int], teacher, tokenizer, la
         runs.append({"method": method, "seed": s, "train_s": train_s, "final_loss": hist.loss[-1], **scores})
         del student
     return pd.DataFrame(runs), answers_of, losses
+
+
+def loss_curves(histories: dict, seed: int, window: int = 5):
+    """Training losses of one seed as a long frame (method, step, loss), smoothed by a rolling mean of `window`
+    steps; `histories` maps (method, seed) to the per-step losses `compare` returns."""
+    import pandas as pd
+
+    frames = [pd.DataFrame({"method": m, "step": range(len(losses)),
+                            "loss": pd.Series(losses, dtype=float).rolling(window, min_periods=1).mean()})
+              for (m, s), losses in histories.items() if s == seed]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["method", "step", "loss"])

@@ -178,3 +178,17 @@ def emit_headlines(runs, qual, datasets: dict[str, Dataset], structured: list[bo
         experiment.emit_columns(recipe_rows, {"tokens": f"tokens/{d}/{{}}", "n": f"synthetic_rows/{d}/{{}}",
                                               "fidelity": f"fidelity/{d}/{{}}", "distinct2": f"distinct2/{d}/{{}}",
                                               "parse_rate": f"parse_rate/{d}/{{}}"}, key="recipe")
+
+
+def examples(task: Dataset, rows_by_recipe: dict[str, list[dict]], per_label: int = 2, width: int = 160):
+    """A few synthetic texts per recipe and label, beside the label the full-data reference gives them: what a
+    reader should look at before trusting any score."""
+    import pandas as pd
+
+    shown = []
+    for recipe, rows in rows_by_recipe.items():
+        picked = [r for lab in task.names for r in [r for r in rows if r["label"] == lab][:per_label]]
+        says = task.reference.predict_labels([r["text"] for r in picked]) if picked else []
+        shown += [{"recipe": recipe, "label": r["label"], "reference says": p, "text": r["text"][:width]}
+                  for r, p in zip(picked, says)]
+    return pd.DataFrame(shown)

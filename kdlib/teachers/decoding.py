@@ -42,6 +42,12 @@ def is_structured(name: str) -> bool:
     return name.endswith(STRUCTURED)
 
 
+def check_strategies(names) -> None:
+    """Fail before any work on the first unknown strategy name, naming it and the nearest known one."""
+    for name in names:
+        strategy(name)
+
+
 def needs_logits(name: str) -> bool:
     """True when the strategy reads the next-token distribution (impossible through an OpenAI-compatible API)."""
     knobs = strategy(name)

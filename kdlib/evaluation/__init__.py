@@ -1,0 +1,1 @@
+"""Evaluating students beyond accuracy: calibration, wrong teacher labels, training dynamics, attributions, bias."""
