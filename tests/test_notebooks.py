@@ -171,6 +171,19 @@ EXPECTED = {
         **{f"yield/finance/{s}/kept": (0.3, 1.0) for s in ("in_domain", "general")},
         "teacher_tokens_total": (1000, 10**8),
     },
+    "10_interpretability_and_evaluation": {
+        **{f"{k}/{m}": (0.0, 1.0) for k in ("macro_f1", "ece", "ece_scaled", "cue_share")
+           for m in ("gold_few_shot", "teacher_labels", "synthetic_zerogen", "synthetic_gold_few_shot",
+                     "gold_labels_oracle", "full_data_reference")},
+        **{f"flip_rate/{g}/{m}": (0.0, 1.0) for g in ("first_names", "pronouns", "nationality")
+           for m in ("gold_few_shot", "synthetic_zerogen", "full_data_reference")},
+        # the smoke pool has 16 items; greedy labels held to the label set always parse
+        "label_error_flags/flagged": (0, 16), "label_error_flags/base_rate": (0.0, 1.0),
+        "pool_shift/label_tv": (0.0, 1.0), "pool_shift/p_value": (0.0, 1.0),
+        **{f"data_map/{src}/{r}": (0.0, 1.0) for src in ("real", "synthetic")
+           for r in ("easy_to_learn", "ambiguous", "hard_to_learn")},
+        "tokens/teacher_labels": (500, 10**6), "tokens/synthetic_zerogen": (100, 10**6),
+    },
 }
 
 
@@ -190,6 +203,16 @@ def test_parameters_are_typed_literals_with_help(path):
     for spec in params.notebook_params(path).values():
         assert spec.type_name not in ("None", ""), f"{path.name}: parameter {spec.name} needs a type annotation"
         assert spec.help, f"{path.name}: parameter {spec.name} needs a '# help' comment"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_cells_are_short_enough_to_read(path):
+    """A notebook narrates and calls kdlib: median code cell <= 10 lines, none (parameters included) > 25."""
+    import statistics
+
+    lengths = [len(c.source.splitlines()) for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+    assert max(lengths) <= 25, f"{path.name}: a code cell has {max(lengths)} lines; move the logic into kdlib"
+    assert statistics.median(lengths) <= 10, f"{path.name}: median code cell {statistics.median(lengths)} lines"
 
 
 def test_every_notebook_has_expected_metrics():

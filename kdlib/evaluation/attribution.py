@@ -68,21 +68,35 @@ def word_attributions(student, texts: Sequence[str], n_steps: int = 32) -> list[
 
 def label_cues(synthetic: Sequence[dict], real_texts: Sequence[str], label_names: Sequence[str], k: int = 10,
                min_count: int = 2, alpha: float = 1.0) -> dict[str, list[str]]:
-    """Per label, the `k` words whose smoothed log-odds of appearing in that label's synthetic texts rather
-    than in real text is highest (words seen fewer than `min_count` times in the label's texts are skipped)."""
+    """Per label, the `k` words the synthetic texts of that label over-use most: ranked by the smaller of two
+    smoothed log-odds, against real text (what the teacher writes more than people) and against the synthetic
+    texts of the other labels (what marks this label), so that topic words and stop words (scikit-learn's
+    English list) drop out. Words seen fewer than `min_count` times in the label's texts are skipped."""
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
     def counts(texts):
-        return Counter(w for t in texts for w in WORD.findall(t.lower()))
+        return Counter(w for t in texts for w in WORD.findall(t.lower()) if w not in ENGLISH_STOP_WORDS)
+
+    def log_odds(word, own, n_own, other, n_other, vocab):
+        return (math.log((own[word] + alpha) / (n_own + alpha * vocab))
+                - math.log((other[word] + alpha) / (n_other + alpha * vocab)))
 
     real = counts(real_texts)
-    n_real = sum(real.values())
     cues = {}
     for label in label_names:
         own = counts([r["text"] for r in synthetic if r["label"] == label])
-        n_own = sum(own.values())
-        vocab = len(set(own) | set(real)) or 1
-        scored = [(math.log((c + alpha) / (n_own + alpha * vocab)) - math.log((real[w] + alpha) / (n_real + alpha * vocab)), w)
-                  for w, c in own.items() if c >= min_count]
-        cues[label] = [w for _, w in sorted(scored, reverse=True)[:k]]
+        rest = counts([r["text"] for r in synthetic if r["label"] != label])
+        n_own, n_real, n_rest = sum(own.values()), sum(real.values()), sum(rest.values())
+        vocab = len(set(own) | set(real) | set(rest)) or 1
+        scored = []
+        for w, c in own.items():
+            if c < min_count:
+                continue
+            against = [log_odds(w, own, n_own, real, n_real, vocab)]
+            if n_rest:
+                against.append(log_odds(w, own, n_own, rest, n_rest, vocab))
+            scored.append((min(against), w))
+        cues[label] = [w for score, w in sorted(scored, reverse=True)[:k] if score > 0]
     return cues
 
 

@@ -226,6 +226,10 @@ class ClassifierStudent(Student):
                 out[idx] = logits
         return out if out is not None else torch.zeros((0, len(self.label_names)))
 
+    def predict_logits(self, texts: Sequence[str]):
+        """Class logits, shape (n, num_labels), float32 (what temperature scaling rescales)."""
+        return self._logits(self._encode(texts)).numpy()
+
     def predict_proba(self, texts: Sequence[str]):
         """Class probabilities, shape (n, num_labels), float32."""
         return self._logits(self._encode(texts)).softmax(-1).numpy()
