@@ -157,7 +157,8 @@ def shapley_agreement(data_map, pools: Pools, task, k: int = 5) -> float:
 
 
 def costs(runs, pools: Pools):
-    """Per pool: teacher tokens, teacher seconds and tokens per point of test macro-F1 gained over the
+    """Per pool: teacher tokens (cache hits included: what the pool costs), the teacher's seconds in this run
+    (cache hits are nearly free, so a re-run shows less) and tokens per point of test macro-F1 gained over the
     gold few-shot student (mean over seeds; NaN where there is no gain)."""
     import pandas as pd
 
@@ -167,7 +168,7 @@ def costs(runs, pools: Pools):
         gain = 100 * (experiment.mean_of(runs, "macro_f1", m) - few)
         tokens = pools.tokens.get(m, 0)
         seconds = pools.seconds.get(m, pools.seconds.get(SYNTH if m == MIXED else TEACHER, float("nan")))
-        out.append({"method": m, "tokens": tokens, "teacher_s": seconds, "gain_points": gain,
+        out.append({"method": m, "tokens": tokens, "teacher_s_this_run": seconds, "gain_points": gain,
                     "tokens_per_point": tokens / gain if gain > 0 else float("nan")})
     return pd.DataFrame(out)
 
