@@ -141,6 +141,20 @@ def test_per_prompt_grammars(teacher):
         teacher.texts(prompts, max_new_tokens=4, grammars=grammars[:1])
 
 
+def test_a_grammar_the_parser_gives_up_on_stops_its_row_not_the_batch(teacher):
+    """One alternative per span of a 300-word text overflows llguidance's Earley rows (how notebook 09's
+    answer grammar once stopped a run): that row ends early with a warning; the other row is untouched."""
+    words = [f"w{i}" for i in range(300)]
+    spans = [" | ".join(" ".join(f'"{w}"' for w in words[i:j]) for j in range(i + 1, min(300, i + 8) + 1))
+             for i in range(300)]
+    huge = structured.lark("start: " + " | ".join(f"a{i}" for i in range(300)) + "\n"
+                           + "\n".join(f"a{i}: {alts}" for i, alts in enumerate(spans)))
+    prompts = [user("Say a word."), user("Pick a colour.")]
+    with pytest.warns(RuntimeWarning, match="stopped one row early: the grammar refused token"):
+        outs = teacher.texts(prompts, max_new_tokens=6, grammars=[huge, structured.lark('start: "red" | "blue"')])
+    assert outs[1] in ("red", "blue")
+
+
 def _random_walk(constraint, seed: int, steps: int = 400) -> list[int]:
     """Tokens drawn uniformly from the allowed set until the grammar stops: the worst writer a grammar meets."""
     import random

@@ -33,11 +33,14 @@ def test_locate_finds_spans_in_the_passages_own_spelling():
     assert synth_qa.passage_text("a  b\n c") == "a b c"
 
 
-def test_pairs_grammar_only_allows_spans_of_the_passage():
-    """Uniformly random allowed tokens still give JSON whose every answer is a run of passage words."""
+@pytest.mark.parametrize("long", [False, True], ids=["short", "400_words"])
+def test_pairs_grammar_only_allows_spans_of_the_passage(long):
+    """Uniformly random allowed tokens still give JSON whose every answer is a run of passage words; a
+    400-word passage too (answers as grammar rules overflowed llguidance's Earley rows at 293 words)."""
     with one_thread_teacher(batch_size=4) as teacher:
-        passage = synth_qa.passage_text(PASSAGES[1])
-        spec = synth_qa.pairs_grammar(passage, 2, question_max_tokens=8, max_answer_words=4)
+        passage = synth_qa.passage_text(" ".join(PASSAGES * 40) if long else PASSAGES[1])
+        passage = " ".join(passage.split()[:400])
+        spec = synth_qa.pairs_grammar(passage, 2, question_max_tokens=8, max_answer_words=4 if not long else 8)
         constraint = structured.Constraint.for_tokenizer(teacher.tokenizer, spec)
         for seed in range(3):
             m, out, rng = constraint.matcher(), [], random.Random(seed)
@@ -49,7 +52,7 @@ def test_pairs_grammar_only_allows_spans_of_the_passage():
             pairs = json.loads(teacher.tokenizer.decode(out))["pairs"]
             assert len(pairs) == 2
             for p in pairs:
-                assert p["answer"] in passage and 1 <= len(p["answer"].split()) <= 4
+                assert p["answer"] in passage and 1 <= len(p["answer"].split()) <= (8 if long else 4)
     with pytest.raises(ValueError, match="empty passage"):
         synth_qa.pairs_grammar("   ", 2)
 

@@ -94,24 +94,47 @@ def yes_no_schema(n: int) -> dict:
             "required": ["pairs"], "additionalProperties": False}
 
 
+def _regex_literal(text: str) -> str:
+    """`text` as a regex matching exactly it: letters and digits as they are, every other character as
+    ``\\x{hex}`` (valid in llguidance's regex syntax, and never read as a delimiter or an operator)."""
+    return "".join(c if c.isalnum() and c.isascii() else f"\\x{{{ord(c):x}}}" for c in text)
+
+
+def span_regex(words: list[str], max_answer_words: int = 8) -> str:
+    """A regex matching exactly the runs of 1 to `max_answer_words` consecutive `words` (JSON-escaped, as they
+    appear inside a JSON string), written as a trie so that shared prefixes are matched once:
+    ``(?:The(?:\\x{20}(?:nation(?:...)?))?|nation(?:...)?|...)``."""
+    trie: dict = {}
+    for i in range(len(words)):
+        node = trie
+        for w in words[i:i + max_answer_words]:
+            node = node.setdefault(json.dumps(w, ensure_ascii=False)[1:-1], {})
+
+    def alternatives(node: dict) -> str:
+        parts = [_regex_literal(w) + (f"(?:\\x{{20}}{alternatives(child)})?" if child else "")
+                 for w, child in node.items()]
+        return parts[0] if len(parts) == 1 else "(?:" + "|".join(parts) + ")"
+
+    return alternatives(trie)
+
+
 def pairs_grammar(passage: str, n: int, question_max_tokens: int = 32, max_answer_words: int = 8) -> str:
     """A Lark grammar spec: {"pairs": [n {"question": <= question_max_tokens tokens, "answer": a run of 1 to
-    `max_answer_words` consecutive passage words}]}. Answer rules: a_i = w_i | w_i " " w_{i+1} | … (O(n·L²))."""
+    `max_answer_words` consecutive passage words}]}.
+
+    The answer is one regex terminal (`span_regex`), matched by llguidance's lexer. Writing it as grammar
+    rules instead (one alternative per span, O(n·L) of them) overflowed the Earley parser's row limit (2,000
+    items) on a 293-word SQuAD passage and stopped the notebook; the lexer's automaton has no such limit."""
     words = passage.split()
     if not words:
         raise ValueError("an empty passage has no answer span")
     if n < 1 or max_answer_words < 1 or question_max_tokens < 4:
         raise ValueError("pairs_grammar needs n >= 1, max_answer_words >= 1, question_max_tokens >= 4")
-    quoted = [json.dumps(json.dumps(w, ensure_ascii=False)[1:-1], ensure_ascii=False) for w in words]
-    rules = []
-    for i in range(len(words)):
-        runs = [' " " '.join(quoted[i:j]) for j in range(i + 1, min(len(words), i + max_answer_words) + 1)]
-        rules.append(f"a{i}: " + " | ".join(runs))
     pair = '"{\\"question\\": \\"" question "\\", \\"answer\\": \\"" answer "\\"}"'
     start = f'start: "{{\\"pairs\\": [" pair (", " pair){{{n - 1}}} "]}}"'
     return lark("\n".join([
-        start, f"pair: {pair}", "answer: " + " | ".join(f"a{i}" for i in range(len(words))),
-        f'question[max_tokens={question_max_tokens}]: /([^"\\\\\\x00-\\x1f]|\\\\["\\\\bfnrt]){{8,300}}/', *rules]) + "\n")
+        start, f"pair: {pair}", f"answer: /{span_regex(words, max_answer_words)}/",
+        f'question[max_tokens={question_max_tokens}]: /([^"\\\\\\x00-\\x1f]|\\\\["\\\\bfnrt]){{8,300}}/']) + "\n")
 
 
 def parse_pairs(output: str) -> list[dict]:

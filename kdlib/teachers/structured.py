@@ -324,6 +324,7 @@ class RowMatcher:
         self.matcher, self.vocab_size = matcher, vocab_size
         self.words = (vocab_size + 31) // 32
         self._mask = None  # numpy int32 words, computed on first use per step
+        self.failure = ""  # why the grammar gave up mid-row (the row then stops; its text fails to parse)
 
     def allowed_bits(self):
         """The packed allowed-token bitmask for the next token (int32 words, bit i of word w = token 32w+i)."""
@@ -349,14 +350,22 @@ class RowMatcher:
         return out
 
     def consume(self, token: int) -> None:
+        """Advance by `token`. If the grammar cannot (its parser gave up, e.g. llguidance's Earley row limit on
+        a huge grammar), the row is stopped, not the batch: its unfinished text is rejected by the parser like
+        any malformed answer, and a warning names the cause once per row."""
         self._mask = None
+        if self.failure:
+            return
         if not self.matcher.consume_token(token):
-            raise RuntimeError(f"the grammar refused token {token}: {self.matcher.get_error()}")
+            import warnings
+
+            self.failure = f"the grammar refused token {token}: {(self.matcher.get_error() or '').splitlines()[0][:300]}"
+            warnings.warn(f"structured generation stopped one row early: {self.failure}", RuntimeWarning, stacklevel=2)
 
     @property
     def done(self) -> bool:
-        """The grammar allows nothing more (the row must stop)."""
-        return self.matcher.is_stopped()
+        """The grammar allows nothing more, or gave up (the row must stop)."""
+        return bool(self.failure) or self.matcher.is_stopped()
 
     @property
     def error(self) -> str:
