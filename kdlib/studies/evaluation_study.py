@@ -74,18 +74,24 @@ def flag_label_errors(pools: Pools, names, config, folds: int = 4) -> Pools:
     return pools
 
 
-def _probe(student, task, probe_texts, cues: set[str], ig_steps: int) -> tuple[dict, list[dict]]:
-    """Everything measured on one trained student (see the module docstring)."""
+def _probe(student, task, probe_texts, cues: set[str], ig_steps: int) -> tuple[dict, list[dict], np.ndarray]:
+    """Everything measured on one trained student (see the module docstring), and its test probabilities.
+    The test split is encoded once: its logits give the scores (as `student.evaluate` computes them), the
+    calibration and the probabilities."""
+    from kdlib.students.metrics import classification_metrics
+
     val, test = task.validation, task.test  # class ids in both; the temperature is fitted on validation only
+    test_logits, test_labels = student.predict_logits(list(test["text"])), list(test["label"])
     cal = calibration.calibration_report(student.predict_logits(list(val["text"])), list(val["label"]),
-                                         student.predict_logits(list(test["text"])), list(test["label"]))
+                                         test_logits, test_labels)
     flips = bias.flip_rates(student.predict_proba)
     attrs = attribution.word_attributions(student, probe_texts, n_steps=ig_steps) if probe_texts else []
-    out = {**student.evaluate(task.test), **cal,
+    scores = classification_metrics(test_labels, test_logits.argmax(1).tolist(), student.label_names)
+    out = {**scores, **cal,
            **{f"flip_rate/{g}": v["flip_rate"] for g, v in flips.items()},
            **{f"gap/{g}": v["gap"] for g, v in flips.items()},
            "cue_share": attribution.cue_share(attrs, cues) if attrs else float("nan")}
-    return {k: v for k, v in out.items() if not k.startswith("f1/")}, attrs
+    return {k: v for k, v in out.items() if not k.startswith("f1/")}, attrs, calibration.softmax(test_logits)
 
 
 def run(pools: Pools, task, seeds, config, *, probe_texts=(), ig_steps: int = 32, cue_words: int = 10,
@@ -115,16 +121,16 @@ def run(pools: Pools, task, seeds, config, *, probe_texts=(), ig_steps: int = 32
         st = train_classifier(data, task.validation, config.replace(seed=s), label_names=task.names,
                               track_dynamics=method == MIXED)
         train_s = time.monotonic() - start
-        scores, attrs = _probe(st, task, list(probe_texts), cue_set, ig_steps)
+        scores, attrs, test_probs = _probe(st, task, list(probe_texts), cue_set, ig_steps)
         rows.append({"method": method, "seed": s, "n_train": len(data), **scores, "train_s": train_s, "problem": ""})
         if method == MIXED and len(st.history.dynamics) >= 2:
             sources = ["synthetic"] * len(pools.sets[SYNTH]) + ["real"] * len(pools.sets[FEW])
             maps.append(cartography.data_map(st.history.dynamics).assign(source=sources, seed=s))
         if s == seeds[0]:
-            shown[method], probs[method] = attrs, st.predict_proba(list(task.test["text"]))
-    ref_scores, attrs = _probe(task.reference, task, list(probe_texts), cue_set, ig_steps)
+            shown[method], probs[method] = attrs, test_probs
+    ref_scores, attrs, ref_probs = _probe(task.reference, task, list(probe_texts), cue_set, ig_steps)
     rows += [{"method": FULL, "seed": s, "n_train": len(task.dd["train"]), **ref_scores, "problem": ""} for s in seeds]
-    shown[FULL], probs[FULL] = attrs, task.reference.predict_proba(list(task.test["text"]))
+    shown[FULL], probs[FULL] = attrs, ref_probs
     data_map = pd.concat(maps, ignore_index=True) if maps else pd.DataFrame()
     return pd.DataFrame(rows), data_map, shown, probs, cues
 
@@ -219,10 +225,12 @@ def statements(runs, pools: Pools, shift: dict, data_map, shapley_rho: float) ->
     v = experiment.versus(runs, "cue_share", SYNTH, ORACLE)
     lines.append(f"- Attribution on the synthetic pool's label cues: {mean(SYNTH, 'cue_share'):.2f} of the synthetic-data "
                  f"student's vs {mean(ORACLE, 'cue_share'):.2f} of the gold-pool student's ({v['verdict']} it).")
-    worst = runs.groupby("method").ece_raw.mean().drop(FULL, errors="ignore").idxmax()
-    lines.append(f"- Calibration: ECE from {mean(FEW, 'ece_raw'):.3f} (gold few-shot) to {mean(worst, 'ece_raw'):.3f} "
-                 f"({worst}, the worst); temperature scaling on validation brings the worst to "
-                 f"{mean(worst, 'ece_scaled'):.3f} (T = {mean(worst, 'temperature'):.2f}).")
+    ece = runs.groupby("method")[["ece_raw", "ece_scaled"]].mean().dropna()
+    if len(ece):
+        best, worst = ece.ece_raw.idxmin(), ece.ece_raw.idxmax()
+        lines.append(f"- Calibration: test ECE from {ece.ece_raw[best]:.3f} ({best}) to {ece.ece_raw[worst]:.3f} ({worst}); "
+                     f"temperature scaling fitted on validation lowers it for {int((ece.ece_scaled < ece.ece_raw).sum())} "
+                     f"of {len(ece)} students (the worst to {ece.ece_scaled[worst]:.3f}, T = {mean(worst, 'temperature'):.2f}).")
     flips = [c for c in runs.columns if c.startswith("flip_rate/")]
     for c in flips:
         lines.append(f"- Counterfactual {c.split('/', 1)[1]}: flip rate {mean(SYNTH, c):.2f} (synthetic) vs "
