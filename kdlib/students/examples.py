@@ -39,14 +39,18 @@ def _rows(data, where: str) -> list[dict]:
     raise TypeError(f"{where}: expected a datasets.Dataset or a list of dicts, got {type(data).__name__}")
 
 
-def _classification_examples(data, names: list[str], where: str) -> tuple[list, list[int]]:
-    """Texts and label ids; a Dataset's ClassLabel ids are remapped by name onto `names`. Rows with a question
-    and a context instead of a text (yes/no/maybe QA) give (question, context) pairs, encoded as a pair."""
-    own = _class_names(data, "label")
+def _prepare(data, field_name: str, names: list[str], where: str) -> tuple[list[str] | None, list, dict[str, int]]:
+    """(the data's own ClassLabel names or None, its rows, name -> id in `names`); no rows is an error."""
     rows = _rows(data, where)
     if not rows:
         raise ValueError(f"{where}: no examples")
-    index = {n: i for i, n in enumerate(names)}
+    return _class_names(data, field_name), rows, {n: i for i, n in enumerate(names)}
+
+
+def _classification_examples(data, names: list[str], where: str) -> tuple[list, list[int]]:
+    """Texts and label ids; a Dataset's ClassLabel ids are remapped by name onto `names`. Rows with a question
+    and a context instead of a text (yes/no/maybe QA) give (question, context) pairs, encoded as a pair."""
+    own, rows, index = _prepare(data, "label", names, where)
     texts, labels = [], []
     for i, row in enumerate(rows):
         pair = isinstance(row, dict) and "text" not in row and "question" in row and "context" in row
@@ -60,11 +64,8 @@ def _classification_examples(data, names: list[str], where: str) -> tuple[list, 
 
 
 def _tagging_examples(data, names: list[str], where: str) -> tuple[list[list[str]], list[list[int]]]:
-    own = _class_names(data, "tags")
-    rows = _rows(data, where)
-    if not rows:
-        raise ValueError(f"{where}: no examples")
-    index = {n: i for i, n in enumerate(names)}
+    """Tokens and tag ids per sentence; a Dataset's ClassLabel tag ids are remapped by name onto `names`."""
+    own, rows, index = _prepare(data, "tags", names, where)
     tokens, tags = [], []
     for i, row in enumerate(rows):
         if not isinstance(row, dict) or not isinstance(row.get("tokens"), list) or not isinstance(row.get("tags"), list):
