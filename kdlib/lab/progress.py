@@ -22,7 +22,8 @@ def is_headless() -> bool:
 
 def track(iterable: Iterable[T], desc: str = "", total: int | None = None,
           min_interval_s: float = 30.0) -> Iterator[T]:
-    """Iterate with progress: a tqdm bar interactively, a line every `min_interval_s` headless."""
+    """Iterate with progress: a tqdm bar interactively; headless, a line at most every `min_interval_s` and,
+    with a known total, only after another tenth of it (at most ten lines however long the loop runs)."""
     if total is None and hasattr(iterable, "__len__"):
         total = len(iterable)  # type: ignore[arg-type]
     if not is_headless():
@@ -31,12 +32,13 @@ def track(iterable: Iterable[T], desc: str = "", total: int | None = None,
         yield from tqdm(iterable, desc=desc, total=total)
         return
     start = last = time.monotonic()
-    count = 0
+    count, step = 0, max(1, -(-total // 10)) if total else 1
+    next_mark = step
     for count, item in enumerate(iterable, 1):  # noqa: B007 - count is used after the loop
         yield item
         now = time.monotonic()
-        if now - last >= min_interval_s:
-            last = now
+        if now - last >= min_interval_s and count >= next_mark:
+            last, next_mark = now, count + step
             of = f"/{total}" if total else ""
             print(f"{desc}: {count}{of} ({now - start:.0f} s)", file=sys.stderr, flush=True)
     of = f"/{total}" if total else ""
