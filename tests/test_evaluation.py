@@ -71,3 +71,33 @@ def test_label_cues_are_the_words_a_synthetic_pool_overuses_per_label():
     assert cues == {"neg": ["terrible"], "pos": ["great"]}
     attrs = [{"words": ["great", "film"], "scores": [0.3, -0.1]}]
     assert attribution.cue_share(attrs, {"great"}) == pytest.approx(0.75)
+
+
+def test_label_error_flags_are_redone_per_seed_and_random_removal_matches_each_seeds_count():
+    from kdlib.studies import evaluation_study as ev
+
+    gold = [r["label"] for r in ROWS]
+    given = [("neg" if g == "pos" else "pos") if i in (0, 6) else g for i, g in enumerate(gold)]  # two wrong
+    teacher_rows = [{"text": r["text"], "label": g} for r, g in zip(ROWS, given)]
+    pools = ev.Pools({ev.TEACHER: teacher_rows}, given, gold, {ev.TEACHER: 100}, {ev.TEACHER: 1.0})
+    pools = ev.flag_label_errors(pools, ["neg", "pos"], TINY, seeds=[0, 1], folds=2, progress=False)
+    assert sorted(pools.flags) == [0, 1] and all(len(f) == len(ROWS) for f in pools.flags.values())
+    table = ev.flag_table(pools)
+    assert list(table.index) == [0, 1, "mean", "std"] and table.loc["mean", "base_rate"] == pytest.approx(2 / 12)
+    for s in (0, 1):
+        kept = ev._training_set(pools, ev.RANDOM, s)
+        assert len(kept) == len(ROWS) - int(pools.flags[s].sum()) == len(ev._training_set(pools, ev.CLEANED, s))
+    assert pools.tokens_of(ev.CLEANED) == pools.tokens_of(ev.RANDOM) == 100 and pools.tokens_of(ev.SYNTH) == 0
+    too_few = ev.flag_label_errors(ev.Pools({ev.TEACHER: teacher_rows[:3]}, given[:3], gold[:3], {}, {}),
+                                   ["neg", "pos"], TINY, seeds=[0, 1], folds=2, progress=False)
+    assert "too few" in too_few.flag_problem and not any(f.any() for f in too_few.flags.values())
+
+
+def test_the_cue_probe_prefers_sentences_with_cues_and_reports_the_cue_words_share():
+    from kdlib.studies import evaluation_study as ev
+
+    texts = ["a plain story", "a great film", "nothing here", "simply terrible", "more plain words"]
+    probe, share = ev.cue_probe(texts, {"pos": ["great"], "neg": ["terrible"]}, n=2, seed=3)
+    assert sorted(probe) == ["a great film", "simply terrible"] and share == pytest.approx(2 / 4)  # one-letter words are not words
+    topped, _ = ev.cue_probe(texts, {"pos": ["great"]}, n=3, seed=3)
+    assert "a great film" in topped and len(topped) == 3  # one cue-bearing sentence, topped up with cue-free ones

@@ -179,6 +179,7 @@ EXPECTED = {
            for m in ("gold_few_shot", "synthetic_zerogen", "full_data_reference")},
         # the smoke pool has 16 items; greedy labels held to the label set always parse
         "label_error_flags/flagged": (0, 16), "label_error_flags/base_rate": (0.0, 1.0),
+        "cue_share/chance_word_share": (0.0, 1.0),
         "pool_shift/label_tv": (0.0, 1.0), "pool_shift/p_value": (0.0, 1.0),
         **{f"data_map/{src}/{r}": (0.0, 1.0) for src in ("real", "synthetic")
            for r in ("easy_to_learn", "ambiguous", "hard_to_learn")},

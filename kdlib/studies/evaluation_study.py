@@ -5,6 +5,12 @@ The pools come from the lab's recipes (labelling of 01/08 with the label-set gra
 probed with `kdlib.evaluation`: test macro-F1, calibration before and after temperature scaling, the
 counterfactual identity flips, and the share of its Integrated-Gradients attribution on the label cues the
 synthetic pool over-uses. One student per seed also records its training dynamics for the data map.
+
+Everything that depends on a seed is redone per seed: the confident-learning flags come from out-of-fold
+students of that seed (and the random-removal baseline drops as many rows as that seed flagged), so the flags'
+precision and the retrained students are means ± std like every other number. The attribution probe reads
+test sentences that contain at least one label cue (a random probe almost never does), beside the share of
+the probe's words that are cues: the attribution share a student that ignored cues would put there.
 """
 
 from __future__ import annotations
@@ -23,11 +29,13 @@ FEW, TEACHER, SYNTH, MIXED, ORACLE = ("gold few-shot", "teacher labels", "synthe
 CLEANED, RANDOM = "teacher labels - flagged", "teacher labels - random (same count)"
 FULL = "full data (reference)"
 METHODS = (FEW, TEACHER, CLEANED, RANDOM, SYNTH, MIXED, ORACLE, FULL)
+SOURCE = {CLEANED: TEACHER, RANDOM: TEACHER, MIXED: SYNTH}  # whose teacher cost a derived training set carries
 
 
 @dataclass
 class Pools:
-    """The training pools and what they cost. `given`/`gold` are the teacher-labelled rows' labels."""
+    """The training pools and what they cost. `given`/`gold` are the teacher-labelled rows' labels; `tokens`
+    and `seconds` are kept for the pools the teacher made (TEACHER, SYNTH); `flags` and `flag_quality` per seed."""
     sets: dict[str, list[dict]]
     given: list[str]
     gold: list[str]
@@ -35,9 +43,16 @@ class Pools:
     seconds: dict[str, float]
     synthetic: object = None                 # the SynthResult (report of what was rejected and why)
     rejected_labels: int = 0                 # pool items whose teacher answer did not parse
-    flags: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
-    flag_quality: dict = field(default_factory=dict)
+    flags: dict[int, np.ndarray] = field(default_factory=dict)
+    flag_quality: dict[int, dict] = field(default_factory=dict)
     flag_problem: str = ""
+
+    def tokens_of(self, method: str) -> int:
+        """Teacher tokens behind a training set (a derived set costs what its source pool cost)."""
+        return self.tokens.get(SOURCE.get(method, method), 0)
+
+    def seconds_of(self, method: str) -> float:
+        return self.seconds.get(SOURCE.get(method, method), float("nan"))
 
 
 def make_pools(teacher, task, *, pool_size: int, shots: int, per_label: int, seed: int = 0,
@@ -56,22 +71,65 @@ def make_pools(teacher, task, *, pool_size: int, shots: int, per_label: int, see
     sets = {FEW: pool.demo_rows, TEACHER: [{"text": pool.texts[i], "label": ann.labels[i]} for i in kept],
             SYNTH: syn.rows, MIXED: syn.rows + pool.demo_rows, ORACLE: labeling.training_rows(pool.texts, pool.gold)}
     return Pools(sets, [ann.labels[i] for i in kept], [pool.gold[i] for i in kept],
-                 {TEACHER: ann.tokens, SYNTH: syn.tokens, MIXED: syn.tokens, CLEANED: ann.tokens, RANDOM: ann.tokens},
-                 {TEACHER: labelled_s, SYNTH: synth_s}, syn, len(pool.texts) - len(kept))
+                 {TEACHER: ann.tokens, SYNTH: syn.tokens}, {TEACHER: labelled_s, SYNTH: synth_s}, syn,
+                 len(pool.texts) - len(kept))
 
 
-def flag_label_errors(pools: Pools, names, config, folds: int = 4) -> Pools:
-    """Confident learning on the teacher-labelled pool (out-of-fold students): flags, and their precision and
-    recall against gold. Fewer rows than folds, or a pool cleanlab cannot read, flags nothing and says why."""
+def flag_label_errors(pools: Pools, names, config, seeds, folds: int = 4, progress: bool = True) -> Pools:
+    """Confident learning on the teacher-labelled pool, once per seed (that seed's folds and out-of-fold
+    students): flags, and their precision and recall against gold. Fewer rows than folds, or a pool cleanlab
+    cannot read, flags nothing and says why."""
     rows = pools.sets[TEACHER]
-    pools.flags = np.zeros(len(rows), dtype=bool)
+    pools.flags, pools.flag_quality, problems = {}, {}, []
     if len(rows) < 2 * folds:
-        pools.flag_problem = f"{len(rows)} teacher-labelled rows are too few for {folds} folds"
-    else:
-        probs = label_errors.out_of_fold_probs(rows, names, config, folds)
-        pools.flags, pools.flag_problem = label_errors.find_errors(pools.given, probs, names)
-    pools.flag_quality = label_errors.flag_quality(pools.flags, pools.given, pools.gold)
+        problems.append(f"{len(rows)} teacher-labelled rows are too few for {folds} folds")
+    items = list(seeds) if not problems else []
+    if progress and items:
+        from kdlib.lab.progress import track
+
+        items = track(items, desc="out-of-fold students (per seed)")
+    for s in items:
+        probs = label_errors.out_of_fold_probs(rows, names, config.replace(seed=s), folds)
+        pools.flags[s], why = label_errors.find_errors(pools.given, probs, names)
+        problems += [why] if why and why not in problems else []
+    for s in seeds:
+        pools.flags.setdefault(s, np.zeros(len(rows), dtype=bool))
+        pools.flag_quality[s] = label_errors.flag_quality(pools.flags[s], pools.given, pools.gold)
+    pools.flag_problem = "; ".join(problems)
     return pools
+
+
+def flag_table(pools: Pools):
+    """The flags' quality per seed, with the mean and std over seeds as the last two rows."""
+    import pandas as pd
+
+    frame = pd.DataFrame.from_dict(pools.flag_quality, orient="index").rename_axis("seed")
+    return pd.concat([frame, frame.agg(["mean", "std"])])
+
+
+def flag_summary(pools: Pools) -> dict:
+    """{quality name: (mean, std over seeds)} of the flags (std 0 with one seed)."""
+    frame = flag_table(pools)
+    return {c: (float(frame.loc["mean", c]), float(np.nan_to_num(frame.loc["std", c]))) for c in frame.columns}
+
+
+def label_cues(pools: Pools, task, k: int = 10) -> dict[str, list[str]]:
+    """Per label, the words the synthetic pool over-uses against the real (oracle) pool and the other labels."""
+    return attribution.label_cues(pools.sets[SYNTH], [r["text"] for r in pools.sets[ORACLE]], task.names, k=k)
+
+
+def cue_probe(texts, cues: dict[str, list[str]], n: int, seed: int = 0) -> tuple[list[str], float]:
+    """Up to `n` texts that contain a label cue (seeded draw; topped up with cue-free texts when too few do),
+    and the share of the probe's words that are cues: the attribution share of a student blind to cues."""
+    cue_set = {w for ws in cues.values() for w in ws}
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(texts)).tolist()
+    has_cue = [i for i in order if cue_set & set(attribution.WORD.findall(texts[i].lower()))]
+    cue_free = [i for i in order if i not in set(has_cue)]
+    chosen = has_cue[:n] + cue_free[:max(0, n - len(has_cue))]
+    probe = [texts[i] for i in chosen]
+    words = [w for t in probe for w in attribution.WORD.findall(t.lower())]
+    return probe, (sum(w in cue_set for w in words) / len(words) if words else float("nan"))
 
 
 def _probe(student, task, probe_texts, cues: set[str], ig_steps: int) -> tuple[dict, list[dict], np.ndarray]:
@@ -94,16 +152,14 @@ def _probe(student, task, probe_texts, cues: set[str], ig_steps: int) -> tuple[d
     return {k: v for k, v in out.items() if not k.startswith("f1/")}, attrs, calibration.softmax(test_logits)
 
 
-def run(pools: Pools, task, seeds, config, *, probe_texts=(), ig_steps: int = 32, cue_words: int = 10,
+def run(pools: Pools, task, seeds, config, *, cues: dict[str, list[str]], probe_texts=(), ig_steps: int = 32,
         progress: bool = True):
     """Train and probe a student per training set and seed. Returns (runs frame, data map frame of the mixed
-    pool's students, {method: seed-0 attributions}, {method: seed-0 test probabilities}, the label cues)."""
+    pool's students, {method: first seed's attributions}, {method: first seed's test probabilities})."""
     import pandas as pd
 
     from kdlib.students.student import train_classifier
 
-    real_texts = [r["text"] for r in pools.sets[ORACLE]]
-    cues = attribution.label_cues(pools.sets[SYNTH], real_texts, task.names, k=cue_words)
     cue_set = {w for ws in cues.values() for w in ws}
     items = [(s, m) for s in seeds for m in (FEW, TEACHER, CLEANED, RANDOM, SYNTH, MIXED, ORACLE)]
     if progress:
@@ -132,14 +188,14 @@ def run(pools: Pools, task, seeds, config, *, probe_texts=(), ig_steps: int = 32
     rows += [{"method": FULL, "seed": s, "n_train": len(task.dd["train"]), **ref_scores, "problem": ""} for s in seeds]
     shown[FULL], probs[FULL] = attrs, ref_probs
     data_map = pd.concat(maps, ignore_index=True) if maps else pd.DataFrame()
-    return pd.DataFrame(rows), data_map, shown, probs, cues
+    return pd.DataFrame(rows), data_map, shown, probs
 
 
 def _training_set(pools: Pools, method: str, seed: int) -> list[dict]:
     if method == CLEANED:
-        return [r for r, f in zip(pools.sets[TEACHER], pools.flags) if not f]
+        return [r for r, f in zip(pools.sets[TEACHER], pools.flags[seed]) if not f]
     if method == RANDOM:
-        drop = label_errors.random_drop(len(pools.sets[TEACHER]), int(pools.flags.sum()), seed)
+        drop = label_errors.random_drop(len(pools.sets[TEACHER]), int(pools.flags[seed].sum()), seed)
         return [r for r, d in zip(pools.sets[TEACHER], drop) if not d]
     return pools.sets[method]
 
@@ -172,8 +228,7 @@ def costs(runs, pools: Pools):
     out = []
     for m in (TEACHER, CLEANED, RANDOM, SYNTH, MIXED):
         gain = 100 * (experiment.mean_of(runs, "macro_f1", m) - few)
-        tokens = pools.tokens.get(m, 0)
-        seconds = pools.seconds.get(m, pools.seconds.get(SYNTH if m == MIXED else TEACHER, float("nan")))
+        tokens, seconds = pools.tokens_of(m), pools.seconds_of(m)
         out.append({"method": m, "tokens": tokens, "teacher_s_this_run": seconds, "gain_points": gain,
                     "tokens_per_point": tokens / gain if gain > 0 else float("nan")})
     return pd.DataFrame(out)
@@ -201,18 +256,20 @@ def plot_reliability(frame, title: str = "Reliability of the students' test pred
     return fig
 
 
-def statements(runs, pools: Pools, shift: dict, data_map, shapley_rho: float) -> list[str]:
+def statements(runs, pools: Pools, shift: dict, data_map, shapley_rho: float, cue_base: float) -> list[str]:
     """The closing paragraph's lines, from the numbers (paired verdicts over seeds)."""
     mean = lambda m, col: experiment.mean_of(runs, col, m)  # noqa: E731
-    q = pools.flag_quality
+    q = flag_summary(pools)
     lines = [f"Test macro-F1: gold few-shot {mean(FEW, 'macro_f1'):.3f}, full data {mean(FULL, 'macro_f1'):.3f}."]
     lines += experiment.method_lines(runs, "macro_f1", FEW, [TEACHER, SYNTH, MIXED, ORACLE])
     if pools.flag_problem:
         lines.append(f"- Label errors: nothing flagged ({pools.flag_problem}).")
     else:
-        lines.append(f"- Label errors: confident learning flagged {q['flagged']} of {q['rows']} teacher labels; "
-                     f"precision {q['precision']:.2f} against a base rate of {q['base_rate']:.2f} wrong labels, "
-                     f"recall {q['recall']:.2f}.")
+        pm = lambda name, f=".2f": f"{q[name][0]:{f}} ± {q[name][1]:{f}}"  # noqa: E731
+        lines.append(f"- Label errors: confident learning flagged {pm('flagged', '.1f')} of {q['rows'][0]:.0f} "
+                     f"teacher labels (mean ± std over {len(pools.flag_quality)} seeds); precision "
+                     f"{pm('precision')} against a base rate of {q['base_rate'][0]:.2f} wrong labels, recall "
+                     f"{pm('recall')}.")
         v = experiment.versus(runs, "macro_f1", CLEANED, RANDOM)
         lines.append(f"- Retrained without the flagged rows: {mean(CLEANED, 'macro_f1'):.3f} vs {mean(RANDOM, 'macro_f1'):.3f} "
                      f"without as many random rows ({v['verdict']} it, {v['wins']}/{v['seeds']} seeds).")
@@ -223,8 +280,10 @@ def statements(runs, pools: Pools, shift: dict, data_map, shapley_rho: float) ->
         lines.append(f"- Data map of the mixed pool ({parts}); data-map confidence vs KNN-Shapley value: "
                      f"Spearman {shapley_rho:.2f}.")
     v = experiment.versus(runs, "cue_share", SYNTH, ORACLE)
-    lines.append(f"- Attribution on the synthetic pool's label cues: {mean(SYNTH, 'cue_share'):.2f} of the synthetic-data "
-                 f"student's vs {mean(ORACLE, 'cue_share'):.2f} of the gold-pool student's ({v['verdict']} it).")
+    lines.append(f"- Attribution on the synthetic pool's label cues in cue-bearing test sentences (cues are "
+                 f"{cue_base:.2f} of their words): {mean(SYNTH, 'cue_share'):.2f} of the synthetic-data student's vs "
+                 f"{mean(ORACLE, 'cue_share'):.2f} of the gold-pool student's ({v['verdict']} it) and "
+                 f"{mean(FULL, 'cue_share'):.2f} of the full-data student's.")
     ece = runs.groupby("method")[["ece_raw", "ece_scaled"]].mean().dropna()
     if len(ece):
         best, worst = ece.ece_raw.idxmin(), ece.ece_raw.idxmax()
@@ -241,7 +300,7 @@ def statements(runs, pools: Pools, shift: dict, data_map, shapley_rho: float) ->
     return lines
 
 
-def emit_headlines(runs, pools: Pools, shift: dict, data_map, shapley_rho: float, cost) -> None:
+def emit_headlines(runs, pools: Pools, shift: dict, data_map, shapley_rho: float, cost, cue_base: float) -> None:
     """macro_f1, ece (raw and scaled), cue_share and flip_rate per method; flag precision/recall; pool shift;
     data-map region shares; tokens per point gained."""
     from kdlib.lab import emit
@@ -259,11 +318,14 @@ def emit_headlines(runs, pools: Pools, shift: dict, data_map, shapley_rho: float
             value = experiment.mean_of(runs, col, m)
             if not np.isnan(value):
                 emit.emit(f"flip_rate/{key(col.split('/', 1)[1])}/{key(m)}", value, higher_is_better=False)
-    q = pools.flag_quality
-    for name in ("precision", "recall", "base_rate"):
-        if not np.isnan(q.get(name, float("nan"))):
-            emit.emit(f"label_error_flags/{name}", float(q[name]), higher_is_better=None if name == "base_rate" else True)
-    emit.emit("label_error_flags/flagged", int(q.get("flagged", 0)), higher_is_better=None)
+    q = flag_summary(pools)
+    for name in ("precision", "recall", "base_rate", "flagged"):
+        value, std = q.get(name, (float("nan"), 0.0))
+        if not np.isnan(value):
+            emit.emit(f"label_error_flags/{name}", value, std=std,
+                      higher_is_better=True if name in ("precision", "recall") else None)
+    if not np.isnan(cue_base):
+        emit.emit("cue_share/chance_word_share", cue_base, higher_is_better=None)
     for name in ("label_tv", "mmd2", "p_value"):
         if not np.isnan(shift[name]):
             emit.emit(f"pool_shift/{name}", float(shift[name]), higher_is_better=None)
