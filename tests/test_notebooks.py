@@ -15,6 +15,8 @@ EXPECTED = {
     "00_environment": {
         "datasets_loaded": (1, 50),
         "teacher_tokens_per_s": (0.5, 10_000),
+        # the multilingual teacher (six verified GGUF slices, converted once) answers a French prompt in French
+        "second_teacher_tokens_per_s": (0.2, 10_000), "second_teacher_answers_in_french": (1, 1),
         "embedding_dim": (384, 384),
         "cos_paraphrase_minus_unrelated": (0.2, 2.0),
         "spacy_entities": (2, 10),
@@ -184,6 +186,19 @@ EXPECTED = {
         **{f"data_map/{src}/{r}": (0.0, 1.0) for src in ("real", "synthetic")
            for r in ("easy_to_learn", "ambiguous", "hard_to_learn")},
         "tokens/teacher_labels": (500, 10**6), "tokens/synthetic_zerogen": (100, 10**6),
+    },
+    "11_multilingual_teachers": {
+        **{f"label_accuracy/allocine_fr/{t}/{m}": (0.0, 1.0) for t in ("smollm2_135m_instruct", "qwen2_5_coder_0_5b_instruct")
+           for m in ("score_cal_en", "generate_en", "score_cal_fr", "generate_fr", "translate_label_en")},
+        **{f"tokens/labels/allocine_fr/{t}/{m}": (100, 10**6) for t in ("smollm2_135m_instruct", "qwen2_5_coder_0_5b_instruct")
+           for m in ("score_cal_en", "generate_en", "score_cal_fr", "generate_fr", "translate_label_en")},
+        # the multilingual teacher, asked in French, writes French; the English-only one need not
+        "in_language/allocine_fr/qwen2_5_coder_0_5b_instruct": (0.5, 1.0),
+        "in_language/allocine_fr/smollm2_135m_instruct": (0.0, 1.0),
+        **{f"macro_f1/allocine_fr/{st}/{m}": (0.0, 1.0) for st in ("minilm", "char_n_gram")
+           for m in ("gold_few_shot", "gold_labelled_pool_oracle", "labels_smollm2_135m_instruct",
+                     "labels_qwen2_5_coder_0_5b_instruct", "full_data_reference")},
+        "teacher_tokens_total": (1000, 10**7),
     },
 }
 

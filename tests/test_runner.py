@@ -93,3 +93,10 @@ def test_parameter_line_papermill_cannot_parse_is_an_error(tmp_path):
     make_notebook(path, "a: int = 1  # fine\nb = 3; c = 4", "pass")  # papermill drops line 2 with a warning
     with pytest.raises(params.ParameterError, match=r"could not parse the parameter line\(s\) for \['b', 'c'\]"):
         params.notebook_params(path)
+
+
+def test_the_multilingual_teacher_id_is_taken_unchanged_by_the_synthesis_notebooks():
+    from kdlib.registry.models import MULTILINGUAL_TEACHER_ID
+
+    todo = runner.plan("smoke", ["03", "05"], {"teacher": MULTILINGUAL_TEACHER_ID})
+    assert [values["teacher"] for values in todo.values()] == [MULTILINGUAL_TEACHER_ID] * 2

@@ -150,3 +150,12 @@ def test_kill_and_resume_recomputes_only_what_is_missing(local, tmp_path):
     prompts = [user(f"Write one short sentence about {t}.") for t in TOPICS[:4]]
     straight = reference.texts(prompts, n=2, seed=7, max_new_tokens=8, temperature=0.8)
     assert resumed["texts"] == straight
+
+
+def test_twins_made_before_loading_share_one_copy_of_the_weights(tmp_path):
+    from kdlib.teachers.teacher import make_teacher
+
+    fresh = make_teacher(device="cpu", cache=False)   # nothing loaded yet
+    twin = fresh.with_cache(cache_path=tmp_path / "twin.sqlite")
+    twin.texts([user("Say hi.")], max_new_tokens=2)
+    assert fresh.load()[0] is twin.load()[0]   # the twin's load served the original (and every later twin)

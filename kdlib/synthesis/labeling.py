@@ -28,33 +28,35 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kdlib.students.metrics import entropy
+from kdlib.synthesis import languages
 
 CONTENT_FREE = ("N/A", "", "[MASK]")  # Zhao et al. (2021) use these three
 
 
 # ----------------------------------------------------------------------------- prompts
 
-def instruction(label_names: Sequence[str], task: str = "") -> str:
-    """The system instruction: what to classify and the allowed answers."""
-    what = task or "the text"
-    return (f"Classify {what} into exactly one of these labels: {', '.join(label_names)}. "
-            "Answer with the label only.")
+def instruction(label_names: Sequence[str], task: str = "", language: str = "en") -> str:
+    """The system instruction: what to classify and the allowed answers (worded in `language`,
+    `kdlib.synthesis.languages`; the label names are used as given)."""
+    words = languages.prompts(language)
+    return words["classify"].format(what=task or words["the_text"], labels=", ".join(label_names))
 
 
-def _turn(text: str) -> str:
-    return f"Text: {text}"
+def _turn(text: str, language: str = "en") -> str:
+    return languages.prompts(language)["turn"].format(text=text)
 
 
 def build_prompt(text: str, label_names: Sequence[str], shots: Sequence[tuple[str, str]] = (),
-                 task: str = "") -> list[dict]:
+                 task: str = "", language: str = "en") -> list[dict]:
     """A chat prompt: system instruction, then one (user text, assistant label) turn pair per shot,
     then the text to label. ``shots=()`` gives the zero-shot prompt."""
-    messages = [{"role": "system", "content": instruction(label_names, task)}]
+    messages = [{"role": "system", "content": instruction(label_names, task, language)}]
     for demo_text, demo_label in shots:
         if demo_label not in label_names:
             raise ValueError(f"demonstration label {demo_label!r} is not one of {list(label_names)}")
-        messages += [{"role": "user", "content": _turn(demo_text)}, {"role": "assistant", "content": demo_label}]
-    return messages + [{"role": "user", "content": _turn(text)}]
+        messages += [{"role": "user", "content": _turn(demo_text, language)},
+                     {"role": "assistant", "content": demo_label}]
+    return messages + [{"role": "user", "content": _turn(text, language)}]
 
 
 def draw_shots(train, k: int, seed: int = 0) -> list[tuple[str, str]]:
@@ -139,8 +141,8 @@ def _tokens(ledger) -> tuple[int, int]:
 def annotate_generate(teacher, texts: Sequence[str], label_names: Sequence[str],
                       shots: Sequence[tuple[str, str]] = (), n: int = 1, seed: int = 0,
                       temperature: float = 0.7, max_new_tokens: int = 5, task: str = "",
-                      method: str = "generate", decoding: dict | None = None, structured: bool = False
-                      ) -> Annotation:
+                      method: str = "generate", decoding: dict | None = None, structured: bool = False,
+                      language: str = "en") -> Annotation:
     """Ask the teacher for each text's label; ``n > 1`` samples at `temperature` and takes the
     majority vote (self-consistency), ``n == 1`` decodes greedily. `decoding` adds or overrides
     generation knobs (`kdlib.teachers.decoding.STRATEGIES`: min_p, typical_p, adaptive_temperature, contrastive).
@@ -149,7 +151,7 @@ def annotate_generate(teacher, texts: Sequence[str], label_names: Sequence[str],
     answer to one of the label names (a grammar locally; an endpoint gets the schema {"enum": names}).
     """
     t = teacher.with_cache(teacher.cache)
-    prompts = [build_prompt(x, label_names, shots, task) for x in texts]
+    prompts = [build_prompt(x, label_names, shots, task, language) for x in texts]
     knobs = {"temperature": temperature if n > 1 else 0.0, **(decoding or {})}
     if structured:
         from kdlib.teachers.structured import json_schema
@@ -182,7 +184,7 @@ def score_probs(teacher, prompts: Sequence, label_names: Sequence[str]) -> np.nd
 
 def annotate_score(teacher, texts: Sequence[str], label_names: Sequence[str],
                    shots: Sequence[tuple[str, str]] = (), task: str = "",
-                   content_free: Sequence[str] | None = CONTENT_FREE, method: str = "score"
+                   content_free: Sequence[str] | None = CONTENT_FREE, method: str = "score", language: str = "en"
                    ) -> tuple[Annotation, Annotation | None]:
     """Label by log-likelihood; returns (raw, calibrated) annotations of the same scores.
 
@@ -191,12 +193,13 @@ def annotate_score(teacher, texts: Sequence[str], label_names: Sequence[str],
     count adds only those few prompts to the raw method's.
     """
     t = teacher.with_cache(teacher.cache)
-    probs = score_probs(t, [build_prompt(x, label_names, shots, task) for x in texts], label_names)
+    probs = score_probs(t, [build_prompt(x, label_names, shots, task, language) for x in texts], label_names)
     raw = Annotation(method, [label_names[i] for i in probs.argmax(1)], probs, entropy(probs),
                      tokens=_tokens(t.ledger)[0], tokens_spent=_tokens(t.ledger)[1])
     if content_free is None:
         return raw, None
-    cf = score_probs(t, [build_prompt(x, label_names, shots, task) for x in content_free], label_names).mean(0)
+    cf = score_probs(t, [build_prompt(x, label_names, shots, task, language) for x in content_free],
+                     label_names).mean(0)
     cal = calibrate(probs, cf)
     calibrated = Annotation(method + "+cal", [label_names[i] for i in cal.argmax(1)], cal, entropy(cal),
                             tokens=_tokens(t.ledger)[0], tokens_spent=_tokens(t.ledger)[1])

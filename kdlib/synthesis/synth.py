@@ -28,6 +28,7 @@ from kdlib.parsing.classification import parse_classification, split_inline_list
 from kdlib.parsing.dedup import dedup
 from kdlib.parsing.parse import ParseReport
 from kdlib.teachers.structured import chars_within, json_schema, string_budget, texts_schema
+from kdlib.synthesis import languages
 
 # What a text of a known dataset is, and what each label means: better prompts than bare label
 # names. Any other dataset gets a generic description from its label names (override with `TaskSpec`).
@@ -51,9 +52,11 @@ KNOWN_TASKS = {
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """What the teacher is asked to write: the kind of text and a description of each label."""
+    """What the teacher is asked to write: the kind of text and a description of each label, and the language
+    the request is worded in (`kdlib.synthesis.languages`; the kind and descriptions must be in it too)."""
     text_kind: str
     label_descriptions: dict[str, str]
+    language: str = "en"
 
     @property
     def label_names(self) -> list[str]:
@@ -61,7 +64,11 @@ class TaskSpec:
 
     @classmethod
     def for_dataset(cls, name: str, label_names: Sequence[str]) -> TaskSpec:
-        """The known description of a registry dataset, else a generic one from its label names."""
+        """The known description of a registry dataset (in its language when `languages.KNOWN_TASKS` has it),
+        else a generic English one from its label names."""
+        if name in languages.KNOWN_TASKS and set(languages.KNOWN_TASKS[name][2]) == set(label_names):
+            language, kind, descriptions = languages.KNOWN_TASKS[name]
+            return cls(kind, {lab: descriptions[lab] for lab in label_names}, language)
         kind, descriptions = KNOWN_TASKS.get(name, ("a short text", {}))
         if set(descriptions) != set(label_names):  # a user file with other labels: describe by name
             kind, descriptions = ("a short text", {}) if name not in KNOWN_TASKS else (kind, {})
@@ -80,17 +87,15 @@ def generation_prompt(spec: TaskSpec, label: str, per_prompt: int, examples: Seq
         raise ValueError(f"label {label!r} is not one of {spec.label_names}")
     if per_prompt < 1:
         raise ValueError(f"per_prompt must be >= 1, got {per_prompt}")
-    lines = [f"Write {per_prompt} different examples of {spec.text_kind} that {spec.label_descriptions[label]}."]
+    words = languages.prompts(spec.language)
+    lines = [words["write"].format(n=per_prompt, kind=spec.text_kind, description=spec.label_descriptions[label])]
     if examples:
-        lines.append("Here are real examples of such texts:")
+        lines.append(words["examples"])
         lines += [f"- {x}" for x in examples]
-        lines.append("Write new texts: do not copy the examples.")
+        lines.append(words["no_copy"])
     if style:
         lines.append(style)
-    if structured:
-        lines.append('Answer with a JSON object {"texts": [...]} holding the texts as strings, and nothing else.')
-    else:
-        lines.append("Answer with a numbered list, one text per line, and nothing else.")
+    lines.append(words["json"] if structured else words["list"])
     return [{"role": "user", "content": "\n".join(lines)}]
 
 

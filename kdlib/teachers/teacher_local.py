@@ -88,7 +88,9 @@ class LocalTeacher(Teacher):
         if amateur is not None and (isinstance(amateur, bool) or not isinstance(amateur, int | str)):
             raise TypeError(f"amateur must be a layer count (int) or a model id/path, got {amateur!r}")
         self.amateur = amateur
-        self._model = self._tokenizer = self._amateur_model = None
+        # Loaded lazily, into a dict that twins made by `with_cache` (shallow copies) share: whichever loads
+        # first loads for all, so a recipe's private-ledger twin never reloads the weights.
+        self._loaded: dict = {}
 
     def identity(self) -> dict:
         # dtype changes the numbers (and so greedy ties and samples); the device mostly does not.
@@ -107,27 +109,28 @@ class LocalTeacher(Teacher):
 
     def amateur_model(self):
         """The contrastive amateur, built or loaded once."""
-        if self._amateur_model is None:
+        if "amateur" not in self._loaded:
             model, _ = self.load()
             if isinstance(self.amateur, int):
                 from kdlib.distillation.distill import truncated_student
 
-                self._amateur_model = truncated_student(model, self.amateur).eval()
+                self._loaded["amateur"] = truncated_student(model, self.amateur).eval()
             else:
                 resolved = models.resolve(self.amateur)
-                self._amateur_model, tok = models.load_causal_lm(resolved, self.device, self.dtype)
+                amateur, tok = models.load_causal_lm(resolved, self.device, self.dtype)
                 from kdlib.distillation.distill import check_same_tokenizer
 
                 check_same_tokenizer(self.tokenizer, tok)
-        return self._amateur_model
+                self._loaded["amateur"] = amateur
+        return self._loaded["amateur"]
 
     # --- loading and tokenising ----------------------------------------------------------------
     def load(self):
         """(model, tokenizer), loaded once; a run served wholly from the cache never loads them."""
-        if self._model is None:
-            self._model, self._tokenizer = models.load_causal_lm(
+        if "model" not in self._loaded:
+            self._loaded["model"], self._loaded["tokenizer"] = models.load_causal_lm(
                 self.resolved, self.device, self.dtype, trust_remote_code=self.trust_remote_code)
-        return self._model, self._tokenizer
+        return self._loaded["model"], self._loaded["tokenizer"]
 
     @property
     def tokenizer(self):
