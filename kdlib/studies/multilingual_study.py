@@ -39,12 +39,22 @@ def teacher_name(spec: str, served: str = "") -> str:
     return served or spec.rstrip("/").split("/")[-1]
 
 
-def annotators(language: str) -> list[tuple[str, str, str]]:
-    """(method name, recipe, instruction language) of every annotator for data in `language`."""
-    out = [(f"{r} [{languages.ENGLISH}]", r, languages.ENGLISH) for r in ("score+cal", "generate")]
+RECIPES = ("score+cal", "generate", TRANSLATE)
+
+
+def annotators(language: str, recipes=RECIPES) -> list[tuple[str, str, str]]:
+    """(method name, recipe, instruction language) of every annotator of `recipes` for data in `language`:
+    score+cal and generate instructed in English and (non-English data) in the data's language; translate-then-
+    label for non-English data only."""
+    unknown = set(recipes) - set(RECIPES)
+    if unknown:
+        raise ValueError(f"unknown labelling recipes {sorted(unknown)}; choose from {list(RECIPES)}")
+    direct = [r for r in RECIPES[:2] if r in recipes]
+    out = [(f"{r} [{languages.ENGLISH}]", r, languages.ENGLISH) for r in direct]
     if language != languages.ENGLISH:
-        out += [(f"{r} [{language}]", r, language) for r in ("score+cal", "generate")]
-        out.append((f"{TRANSLATE} [{languages.ENGLISH}]", TRANSLATE, languages.ENGLISH))
+        out += [(f"{r} [{language}]", r, language) for r in direct]
+        if TRANSLATE in recipes:
+            out.append((f"{TRANSLATE} [{languages.ENGLISH}]", TRANSLATE, languages.ENGLISH))
     return out
 
 
@@ -94,11 +104,12 @@ def label_quality(labels, gold, names) -> dict:
             "label_tv": float(0.5 * np.abs(share(given, names) - share(list(gold), names)).sum())}
 
 
-def annotate(teacher, pool, names, language: str, *, max_new_tokens: int = 8, translate_tokens: int = 96
-             ) -> Annotated:
-    """Every annotator of `annotators(language)` on the pool, timed, with its quality against the pool's gold."""
+def annotate(teacher, pool, names, language: str, *, recipes=RECIPES, max_new_tokens: int = 8,
+             translate_tokens: int = 96) -> Annotated:
+    """Every annotator of `annotators(language, recipes)` on the pool, timed, with its quality against the
+    pool's gold."""
     out = Annotated({}, [])
-    for method, recipe, lang in annotators(language):
+    for method, recipe, lang in annotators(language, recipes):
         start = time.monotonic()
         texts, extra = pool.texts, 0
         if recipe == TRANSLATE:
@@ -177,10 +188,12 @@ def costs(runs, labelled, written) -> list[dict]:
     return out
 
 
-def student_method(label_method: str, language: str) -> str:
+def student_method(label_method: str, language: str, recipes=RECIPES) -> str:
     """The annotator whose labels train the students: `label_method` in the data's language where it exists
     (translate-then-label exists for non-English data only; on English data it is plain generation)."""
-    names = [m for m, _, _ in annotators(language)]
+    if label_method not in recipes:
+        raise ValueError(f"label_method {label_method!r} is not among the recipes run: {list(recipes)}")
+    names = [m for m, _, _ in annotators(language, RECIPES)]
     recipe = "generate" if label_method == TRANSLATE and language == languages.ENGLISH else label_method
     for lang in (language, languages.ENGLISH):
         if f"{recipe} [{lang}]" in names:
@@ -200,9 +213,10 @@ class Results:
 
 
 def run(teachers: dict, tasks: dict, *, seeds, shots: int, pool_size: int, per_label: int, label_method: str,
-        config, full_data_max_train: int = 0, seed: int = 0, progress: bool = True, **gen_kw) -> Results:
+        config, full_data_max_train: int = 0, seed: int = 0, recipes=RECIPES, translate_tokens: int = 96,
+        progress: bool = True, **gen_kw) -> Results:
     """The whole grid (module docstring) for every dataset of `tasks` (`synth_study.prepare`) and every teacher
-    of `teachers` ({display name: Teacher})."""
+    of `teachers` ({display name: Teacher}); `gen_kw` goes to `synth.synthesize` (e.g. max_new_tokens)."""
     import pandas as pd
 
     from kdlib.registry import data
@@ -211,12 +225,12 @@ def run(teachers: dict, tasks: dict, *, seeds, shots: int, pool_size: int, per_l
     for name, task in tasks.items():
         lang = found[name] = languages.data_language(list(data.sample(task.dd["train"], 200, seed)["text"]))
         pool = labeling.draw_pool(task.dd["train"], shots, pool_size, seed)
-        chosen = student_method(label_method, lang)
+        chosen = student_method(label_method, lang, recipes)
         sets = {FEW: pool.demo_rows, ORACLE: labeling.training_rows(pool.texts, pool.gold)}
         labelled, written = {}, {}
         for who, teacher in teachers.items():
             print(f"{name} ({lang}) · {who}: labelling {len(pool.texts)} texts, writing {per_label} per label")
-            ann = annotate(teacher, pool, task.names, lang)
+            ann = annotate(teacher, pool, task.names, lang, recipes=recipes, translate_tokens=translate_tokens)
             labelling += [{"dataset": name, "teacher": who, **q} for q in ann.quality]
             q = next(q for q in ann.quality if q["method"] == chosen)
             sets[f"labels · {who}"] = labeling.training_rows(pool.texts, ann.labels[chosen])
@@ -260,9 +274,11 @@ def statements(res: Results) -> list[str]:
                      f"{row['teacher_s']:.0f} s)"]
             if lang != languages.ENGLISH:
                 for recipe in ("score+cal", "generate"):
-                    en, own = lab.loc[(who, f"{recipe} [en]"), "accuracy"], lab.loc[(who, f"{recipe} [{lang}]"), "accuracy"]
-                    parts.append(f"{recipe} instructed in {lang} {own:.3f} vs in English {en:.3f}")
-                parts.append(f"translate→label {lab.loc[(who, f'{TRANSLATE} [en]'), 'accuracy']:.3f}")
+                    if (who, f"{recipe} [en]") in lab.index:
+                        en, own = lab.loc[(who, f"{recipe} [en]"), "accuracy"], lab.loc[(who, f"{recipe} [{lang}]"), "accuracy"]
+                        parts.append(f"{recipe} instructed in {lang} {own:.3f} vs in English {en:.3f}")
+                if (who, f"{TRANSLATE} [en]") in lab.index:
+                    parts.append(f"translate→label {lab.loc[(who, f'{TRANSLATE} [en]'), 'accuracy']:.3f}")
             w = res.writing[(res.writing.dataset == name) & (res.writing.teacher == who)].iloc[0]
             parts.append(f"wrote {w['rows']} texts, {w['in_language']:.0%} of them in {lang}, fidelity {w['fidelity']:.2f}")
             lines.append(f"- {who}: " + "; ".join(parts) + ".")

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from kdlib.parsing.classification import parse_classification, split_inline_list
 from kdlib.parsing.dedup import dedup
 from kdlib.parsing.parse import ParseReport
-from kdlib.teachers.structured import chars_within, json_schema, string_budget, texts_schema
 from kdlib.synthesis import languages
+from kdlib.teachers.structured import chars_within, json_schema, string_budget, texts_schema
 
 # What a text of a known dataset is, and what each label means: better prompts than bare label
 # names. Any other dataset gets a generic description from its label names (override with `TaskSpec`).

@@ -12,6 +12,7 @@ straddles the boundary is counted with the candidate, as an OpenAI `echo` server
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -212,7 +213,7 @@ class LocalTeacher(Teacher):
         prefixes = [self.prompt_text(r.prompt) for r in batch]
         raw = [isinstance(r.prompt, str) for r in batch]
         texts = [p + r.candidate for p, r in zip(prefixes, batch)]
-        per_text = self.token_logprobs(texts, add_special_tokens=raw)
+        per_text = self.token_logprobs(texts, add_special_tokens=raw, from_chars=[len(p) for p in prefixes])
         entries = []
         for prefix, toks in zip(prefixes, per_text):
             # A token belongs to the candidate if it ends after the prompt does.
@@ -221,39 +222,55 @@ class LocalTeacher(Teacher):
         return entries
 
     def token_logprobs(self, texts: Sequence[str], add_special_tokens: Sequence[bool] | bool = True,
-                       top: int = 0) -> list[list[TokenLogprob]]:
-        """Per-token log-probs of each text under the model (batched, halving on OOM)."""
+                       top: int = 0, from_chars: Sequence[int] | None = None) -> list[list[TokenLogprob]]:
+        """Per-token log-probs of each text under the model (batched, halving on OOM). With `from_chars`, only
+        the tokens ending after that character of their text get one (the others None): label scoring needs the
+        candidate's few tokens, and the vocabulary projection and softmax of every prompt position (a
+        [batch, length, vocabulary] tensor: 151,936 columns for Qwen2.5) would cost more than the model itself."""
         flags = [add_special_tokens] * len(texts) if isinstance(add_special_tokens, bool) else list(add_special_tokens)
-        rows = list(zip(texts, flags))
+        rows = list(zip(texts, flags, from_chars if from_chars is not None else [-1] * len(texts)))
         return run_halving(lambda chunk: self._logprob_batch(chunk, top), rows, self.batch_size)
 
-    def _logprob_batch(self, rows: list[tuple[str, bool]], top: int) -> list[list[TokenLogprob]]:
+    def _logprob_batch(self, rows: list[tuple[str, bool, int]], top: int) -> list[list[TokenLogprob]]:
         import torch
 
         model, tok = self.load()
-        encs = [tok(text, add_special_tokens=flag, return_offsets_mapping=True) for text, flag in rows]
+        encs = [tok(text, add_special_tokens=flag, return_offsets_mapping=True) for text, flag, _ in rows]
         width = max(len(e.input_ids) for e in encs)
         ids = torch.full((len(encs), width), tok.pad_token_id or 0, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for i, e in enumerate(encs):  # right padding: positions (and so logits) match an unpadded pass
             ids[i, :len(e.input_ids)] = torch.tensor(e.input_ids)
             mask[i, :len(e.input_ids)] = 1
+        # The logit at position p predicts token p + 1: keep the positions some row needs (its tokens from the
+        # first one ending after its `from_char`), all of them when a row wants every token.
+        first = [next((k for k, (_, end) in enumerate(e.offset_mapping) if k > 0 and end > start), len(e.input_ids))
+                 if start >= 0 else 1 for e, (_, _, start) in zip(encs, rows)]
+        keep = sorted({p - 1 for e, f in zip(encs, first) for p in range(f, len(e.input_ids))})
+        kwargs = {}
+        if len(keep) < width - 1 and "logits_to_keep" in inspect.signature(model.forward).parameters:
+            kwargs["logits_to_keep"] = torch.tensor(keep or [0], device=model.device)
+        else:
+            keep = list(range(width - 1))
         with torch.inference_mode():
-            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
-            logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-            picked = logp.gather(-1, ids[:, 1:].to(logp.device).unsqueeze(-1)).squeeze(-1).cpu()
+            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), **kwargs).logits
+            logp = torch.log_softmax(logits[:, :len(keep)].float(), dim=-1)
+            targets = ids[:, [p + 1 for p in keep]].to(logp.device)
+            picked = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1).cpu()
             tops = torch.topk(logp, top, dim=-1) if top else None
-        return [self._token_rows(tok, e, picked[i], tops, i) for i, e in enumerate(encs)]
+        column = {p: c for c, p in enumerate(keep)}
+        return [self._token_rows(tok, e, picked[i], tops, i, column, f) for i, (e, f) in enumerate(zip(encs, first))]
 
     @staticmethod
-    def _token_rows(tok, enc, picked, tops, row: int) -> list[TokenLogprob]:
+    def _token_rows(tok, enc, picked, tops, row: int, column: dict[int, int], first: int) -> list[TokenLogprob]:
         out = []
         for pos, (tid, (start, end)) in enumerate(zip(enc.input_ids, enc.offset_mapping)):
-            lp = float(picked[pos - 1]) if pos > 0 else None
+            c = column.get(pos - 1) if pos >= first else None
+            lp = float(picked[c]) if c is not None else None
             alt = ()
-            if tops is not None and pos > 0:
+            if tops is not None and c is not None:
                 alt = tuple((tok.decode([int(t)]), float(v))
-                            for v, t in zip(tops.values[row, pos - 1].cpu(), tops.indices[row, pos - 1].cpu()))
+                            for v, t in zip(tops.values[row, c].cpu(), tops.indices[row, c].cpu()))
             out.append(TokenLogprob(tok.decode([tid]), start, end, lp, alt))
         return out
 
