@@ -50,3 +50,14 @@ def make_teacher(spec: str = TEACHER_ID, **kw) -> Teacher:
     from kdlib.teachers.teacher_local import LocalTeacher
 
     return LocalTeacher(spec, **{k: v for k, v in kw.items() if k not in HTTP_OPTIONS})
+
+
+def timed_answer(teacher, prompt, max_new_tokens: int = 48) -> tuple[str, float]:
+    """(greedy answer, completion tokens per second at batch 1) of one prompt, after a two-token warm-up that
+    pays the one-off costs (loading, compilation). For a first look at a teacher, not a benchmark."""
+    import time
+
+    teacher.generate([prompt], max_new_tokens=2)
+    start = time.perf_counter()
+    out = teacher.generate([prompt], max_new_tokens=max_new_tokens)[0]
+    return out.text, out.completion_tokens / (time.perf_counter() - start)
