@@ -32,3 +32,4 @@ def test_a_single_class_gives_the_constant_predictor_and_unknown_labels_are_refu
     assert st.predict_proba(["x"]).tolist() == [[1.0, 0.0]]
     with pytest.raises(ValueError, match="outside"):
         train_ngram([{"text": "x", "label": "neutral"}], NAMES)
+

@@ -98,10 +98,11 @@ def label_quality(labels, gold, names) -> dict:
 
     given = [y if y is not None else "(none)" for y in labels]
     share = lambda ys, n: np.array([ys.count(x) for x in n], dtype=float) / max(len(ys), 1)  # noqa: E731
+    buckets = [*names, "(none)"]  # an unanswered item moves mass away from every label
     return {"accuracy": float(np.mean([g == y for g, y in zip(given, gold)])) if gold else float("nan"),
             "macro_f1": float(f1_score(gold, given, labels=list(names), average="macro", zero_division=0)),
             "parsed": float(np.mean([y is not None for y in labels])) if labels else float("nan"),
-            "label_tv": float(0.5 * np.abs(share(given, names) - share(list(gold), names)).sum())}
+            "label_tv": float(0.5 * np.abs(share(given, buckets) - share(list(gold), buckets)).sum())}
 
 
 def annotate(teacher, pool, names, language: str, *, recipes=RECIPES, max_new_tokens: int = 8,
@@ -124,12 +125,21 @@ def annotate(teacher, pool, names, language: str, *, recipes=RECIPES, max_new_to
     return out
 
 
+def spec_in(task, language: str):
+    """The synthesis request for `task` worded in the data's language: its known description when that is in
+    the language, else a generic one in it (`languages.generic_descriptions`), else the English one."""
+    if task.spec.language == language or language not in languages.PROMPTS:
+        return task.spec
+    kind, descriptions = languages.generic_descriptions(task.names, language)
+    return synth.TaskSpec(kind, descriptions, language)
+
+
 def write(teacher, task, per_label: int, language: str, seed: int, **gen_kw) -> tuple[object, dict]:
     """ZeroGen texts per label, asked for in the data's language (constrained JSON answers); (SynthResult,
     quality: rows, share in the data's language, fidelity, distinct-2, balance, tokens, seconds)."""
     start = time.monotonic()
-    result = synth.synthesize(teacher, task.spec, per_label, seed=seed, against=list(task.test["text"]),
-                              structured=True, **gen_kw)
+    result = synth.synthesize(teacher, spec_in(task, language), per_label, seed=seed,
+                              against=list(task.test["text"]), structured=True, **gen_kw)
     seconds = time.monotonic() - start
     texts = [r["text"] for r in result.rows]
     q = synth.quality(result.rows, task.names, task.reference) if result.rows else {"n": 0}

@@ -31,6 +31,8 @@ PROMPTS: dict[str, dict[str, str]] = {
         "no_copy": "Write new texts: do not copy the examples.",
         "json": 'Answer with a JSON object {"texts": [...]} holding the texts as strings, and nothing else.',
         "list": "Answer with a numbered list, one text per line, and nothing else.",
+        "any_kind": "a short text",
+        "any_label": "belongs to the category '{label}'",
     },
     "fr": {
         "classify": "Classe {what} dans exactement une de ces étiquettes : {labels}. Réponds uniquement par "
@@ -43,6 +45,8 @@ PROMPTS: dict[str, dict[str, str]] = {
         "json": 'Réponds par un objet JSON {"texts": [...]} contenant les textes sous forme de chaînes, et rien '
                 "d'autre.",
         "list": "Réponds par une liste numérotée, un texte par ligne, et rien d'autre.",
+        "any_kind": "textes courts en français",
+        "any_label": "appartiennent à la catégorie « {label} »",
     },
 }
 
@@ -104,3 +108,11 @@ def data_language(texts: Sequence[str]) -> str:
     if not counts:
         raise ValueError("cannot tell the data's language: every text is empty")
     return counts.most_common(1)[0][0]
+
+
+def generic_descriptions(label_names: Sequence[str], language: str) -> tuple[str, dict[str, str]]:
+    """(text kind, label descriptions) for a dataset nobody described, worded in `language` (with its label
+    words), so that a teacher is asked for data in the data's language even on a dataset it has never seen."""
+    words = prompts(language)
+    return words["any_kind"], {name: words["any_label"].format(label=word)
+                               for name, word in zip(label_names, label_words(label_names, language))}
