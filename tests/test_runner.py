@@ -100,3 +100,6 @@ def test_the_multilingual_teacher_id_is_taken_unchanged_by_the_synthesis_noteboo
 
     todo = runner.plan("smoke", ["03", "05"], {"teacher": MULTILINGUAL_TEACHER_ID})
     assert [values["teacher"] for values in todo.values()] == [MULTILINGUAL_TEACHER_ID] * 2
+    from kdlib.registry import models
+
+    assert (models.resolve(MULTILINGUAL_TEACHER_ID).path / "config.json").is_file()  # and it loads from somewhere

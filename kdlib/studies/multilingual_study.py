@@ -65,6 +65,7 @@ class Annotated:
     quality: list[dict]
     translations: list[str] = field(default_factory=list)
     failed_translations: int = 0
+    skipped: dict[str, str] = field(default_factory=dict)  # method -> why the teacher could not run it
 
 
 def translate(teacher, texts, max_new_tokens: int = 96) -> tuple[list[str], int, int]:
@@ -109,9 +110,15 @@ def annotate(teacher, pool, names, language: str, *, recipes=RECIPES, max_new_to
              translate_tokens: int = 96) -> Annotated:
     """Every annotator of `annotators(language, recipes)` on the pool, timed, with its quality against the
     pool's gold."""
+    from kdlib.teachers.api import Unsupported
+
     out = Annotated({}, [])
     for method, recipe, lang in annotators(language, recipes):
         start = time.monotonic()
+        why = teacher.unsupported("score") if recipe == "score+cal" else None
+        if why:  # an endpoint without prompt log-probs cannot score labels: skipped with the reason, not fatal
+            out.skipped[method] = why
+            continue
         texts, extra = pool.texts, 0
         if recipe == TRANSLATE:
             if not out.translations:
@@ -242,7 +249,12 @@ def run(teachers: dict, tasks: dict, *, seeds, shots: int, pool_size: int, per_l
             print(f"{name} ({lang}) · {who}: labelling {len(pool.texts)} texts, writing {per_label} per label")
             ann = annotate(teacher, pool, task.names, lang, recipes=recipes, translate_tokens=translate_tokens)
             labelling += [{"dataset": name, "teacher": who, **q} for q in ann.quality]
-            q = next(q for q in ann.quality if q["method"] == chosen)
+            for method, why in ann.skipped.items():
+                print(f"  {method} skipped: {why}")
+            q = next((q for q in ann.quality if q["method"] == chosen), None)
+            if q is None:
+                raise ValueError(f"{who} could not run {chosen!r} ({ann.skipped.get(chosen, 'not run')}): choose "
+                                 f"another label_method among {[q['method'] for q in ann.quality]}")
             sets[f"labels · {who}"] = labeling.training_rows(pool.texts, ann.labels[chosen])
             labelled[who, "labels"] = (f"labels · {who}", q["tokens"], q["teacher_s"])
             result, wq = write(teacher, task, per_label, lang, seed, **gen_kw)
@@ -284,7 +296,7 @@ def statements(res: Results) -> list[str]:
                      f"{row['teacher_s']:.0f} s)"]
             if lang != languages.ENGLISH:
                 for recipe in ("score+cal", "generate"):
-                    if (who, f"{recipe} [en]") in lab.index:
+                    if (who, f"{recipe} [en]") in lab.index and (who, f"{recipe} [{lang}]") in lab.index:
                         en, own = lab.loc[(who, f"{recipe} [en]"), "accuracy"], lab.loc[(who, f"{recipe} [{lang}]"), "accuracy"]
                         parts.append(f"{recipe} instructed in {lang} {own:.3f} vs in English {en:.3f}")
                 if (who, f"{TRANSLATE} [en]") in lab.index:
