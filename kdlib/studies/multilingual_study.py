@@ -110,7 +110,6 @@ def annotate(teacher, pool, names, language: str, *, recipes=RECIPES, max_new_to
              translate_tokens: int = 96) -> Annotated:
     """Every annotator of `annotators(language, recipes)` on the pool, timed, with its quality against the
     pool's gold."""
-    from kdlib.teachers.api import Unsupported
 
     out = Annotated({}, [])
     for method, recipe, lang in annotators(language, recipes):
