@@ -201,6 +201,21 @@ EXPECTED = {
                      "labels_qwen2_5_coder_0_5b_instruct", "full_data_reference")},
         "teacher_tokens_total": (1000, 10**7),
     },
+    "12_prompting_methods": {
+        **{f"macro_f1/sst2/{m}": (0.0, 1.0) for m in (
+            "gold_bank_few_shot", "full_data_reference",
+            *(f"labels_{s}" for s in ("zero_shot", "random_demos", "kate_demos", "chain_of_thought",
+                                      "cot_self_consistency", "score_cal", "instruction_ensemble")),
+            *(f"synthetic_{s}" for s in ("label_conditioned", "attrprompt", "self_refine", "hard_examples")))},
+        **{f"label_accuracy/sst2/{s}": (0.0, 1.0) for s in ("zero_shot", "random_demos", "kate_demos",
+                                                             "chain_of_thought", "cot_self_consistency")},
+        # the ensemble scores four prompt variants of six texts: never fewer than 400 tokens
+        "tokens/labelling/sst2/score_cal": (100, 10**6), "tokens/labelling/sst2/instruction_ensemble": (400, 10**7),
+        **{f"tokens/synthesis/sst2/{s}": (50, 10**6) for s in ("label_conditioned", "attrprompt", "self_refine",
+                                                                "hard_examples")},
+        "fidelity/sst2/label_conditioned": (0.0, 1.0),
+        "teacher_tokens_total": (1000, 10**7),
+    },
 }
 
 

@@ -47,16 +47,19 @@ def _turn(text: str, language: str = "en") -> str:
 
 
 def build_prompt(text: str, label_names: Sequence[str], shots: Sequence[tuple[str, str]] = (),
-                 task: str = "", language: str = "en") -> list[dict]:
+                 task: str = "", language: str = "en", system: str = "", ask: str = "") -> list[dict]:
     """A chat prompt: system instruction, then one (user text, assistant label) turn pair per shot,
-    then the text to label. ``shots=()`` gives the zero-shot prompt."""
-    messages = [{"role": "system", "content": instruction(label_names, task, language)}]
+    then the text to label. ``shots=()`` gives the zero-shot prompt. `system` replaces the instruction
+    (another phrasing, `kdlib.synthesis.prompting`); `ask` is appended to the last turn only (e.g. "reason
+    first"), so the demonstrations stay bare (text, label) pairs."""
+    messages = [{"role": "system", "content": system or instruction(label_names, task, language)}]
     for demo_text, demo_label in shots:
         if demo_label not in label_names:
             raise ValueError(f"demonstration label {demo_label!r} is not one of {list(label_names)}")
         messages += [{"role": "user", "content": _turn(demo_text, language)},
                      {"role": "assistant", "content": demo_label}]
-    return messages + [{"role": "user", "content": _turn(text, language)}]
+    last = _turn(text, language) + (f"\n{ask}" if ask else "")
+    return messages + [{"role": "user", "content": last}]
 
 
 def draw_shots(train, k: int, seed: int = 0) -> list[tuple[str, str]]:
@@ -142,28 +145,47 @@ def annotate_generate(teacher, texts: Sequence[str], label_names: Sequence[str],
                       shots: Sequence[tuple[str, str]] = (), n: int = 1, seed: int = 0,
                       temperature: float = 0.7, max_new_tokens: int = 5, task: str = "",
                       method: str = "generate", decoding: dict | None = None, structured: bool = False,
-                      language: str = "en") -> Annotation:
+                      language: str = "en", per_text_shots: Sequence[Sequence[tuple[str, str]]] | None = None,
+                      reason_tokens: int = 0) -> Annotation:
     """Ask the teacher for each text's label; ``n > 1`` samples at `temperature` and takes the
     majority vote (self-consistency), ``n == 1`` decodes greedily. `decoding` adds or overrides
     generation knobs (`kdlib.teachers.decoding.STRATEGIES`: min_p, typical_p, adaptive_temperature, contrastive).
 
     Tokens are counted on a private ledger, so each method's cost is its own. `structured` constrains the
     answer to one of the label names (a grammar locally; an endpoint gets the schema {"enum": names}).
+
+    `per_text_shots` gives each text its own demonstrations (e.g. its nearest neighbours, KATE) instead of the
+    shared `shots`. ``reason_tokens > 0`` is chain-of-thought labelling: the teacher first writes a reason of at
+    most that many tokens, then the label, as {"reason": ..., "label": ...} (held to that schema with
+    `structured`; read from free text otherwise, `reasoned_label`); with ``n > 1`` the labels of the sampled
+    reasoning paths vote (self-consistency over reasons, Wang et al. 2023).
     """
+    if per_text_shots is not None and len(per_text_shots) != len(texts):
+        raise ValueError(f"per_text_shots must give one list of demonstrations per text ({len(texts)}), "
+                         f"got {len(per_text_shots)}")
     t = teacher.with_cache(teacher.cache)
-    prompts = [build_prompt(x, label_names, shots, task, language) for x in texts]
+    ask = REASON_ASK if reason_tokens else ""
+    demos = per_text_shots if per_text_shots is not None else [shots] * len(texts)
+    prompts = [build_prompt(x, label_names, d, task, language, ask=ask) for x, d in zip(texts, demos)]
     knobs = {"temperature": temperature if n > 1 else 0.0, **(decoding or {})}
-    if structured:
+    if structured or reason_tokens:
         from kdlib.teachers.structured import json_schema
 
-        knobs["grammar"] = json_schema({"enum": list(label_names)})
-    outs = t.texts(prompts, n=n, seed=seed, max_new_tokens=max_new_tokens, stop=["\n"], **knobs)
+        if reason_tokens:
+            knobs["grammar"] = json_schema(reason_schema(label_names), compact=True, string_max_tokens=reason_tokens)
+        else:
+            knobs["grammar"] = json_schema({"enum": list(label_names)})
+    budget = reason_tokens + 8 + max(len(name) for name in label_names) if reason_tokens else max_new_tokens
+    stop = [] if reason_tokens else ["\n"]
+    outs = t.texts(prompts, n=n, seed=seed, max_new_tokens=budget, stop=stop, **knobs)
     from kdlib.parsing.parse import parse_label
 
+    read = (lambda a: reasoned_label(a, list(label_names))) if reason_tokens else (
+        lambda a: parse_label(a, list(label_names)))
     labels, shares, raw = [], [], []
     for i in range(len(texts)):
         answers = outs[i * n:(i + 1) * n]
-        label, share = majority_vote([parse_label(a, list(label_names)) for a in answers], label_names)
+        label, share = majority_vote([read(a) for a in answers], label_names)
         labels.append(label)
         shares.append(share)
         raw.append(answers)
@@ -171,6 +193,32 @@ def annotate_generate(teacher, texts: Sequence[str], label_names: Sequence[str],
     unc = entropy(probs)
     unc[[lab is None for lab in labels]] = np.log(len(label_names))  # nothing parsed: maximally unsure
     return Annotation(method, labels, probs, unc, raw, *_tokens(t.ledger))
+
+
+# Chain-of-thought labelling: the reason comes before the label, so the label is conditioned on it.
+REASON_ASK = "First give a one-sentence reason, then the label."
+
+
+def reason_schema(label_names: Sequence[str]) -> dict:
+    """{"reason": a string, "label": one of the label names}, in that order."""
+    return {"type": "object", "additionalProperties": False, "required": ["reason", "label"],
+            "properties": {"reason": {"type": "string"}, "label": {"enum": list(label_names)}}}
+
+
+def reasoned_label(answer: str, label_names: Sequence[str]) -> str | None:
+    """The label of a reasoned answer: its JSON "label" field, else the label a "Label:/Answer:" line or the
+    text after the reason gives (`kdlib.parsing.parse.parse_label`); None when neither names exactly one.
+    Mentions inside the reason ("not negative at all") are not read as the answer when a label field exists."""
+    import re
+
+    from kdlib.parsing.parse import match_label, parse_label
+
+    if not isinstance(answer, str):
+        return None
+    found = re.findall(r'"label"\s*:\s*"([^"]*)"', answer)
+    if found:
+        return match_label(found[-1], list(label_names))
+    return parse_label(answer, list(label_names))
 
 
 def score_probs(teacher, prompts: Sequence, label_names: Sequence[str]) -> np.ndarray:
@@ -184,26 +232,56 @@ def score_probs(teacher, prompts: Sequence, label_names: Sequence[str]) -> np.nd
 
 def annotate_score(teacher, texts: Sequence[str], label_names: Sequence[str],
                    shots: Sequence[tuple[str, str]] = (), task: str = "",
-                   content_free: Sequence[str] | None = CONTENT_FREE, method: str = "score", language: str = "en"
-                   ) -> tuple[Annotation, Annotation | None]:
+                   content_free: Sequence[str] | None = CONTENT_FREE, method: str = "score", language: str = "en",
+                   system: str = "") -> tuple[Annotation, Annotation | None]:
     """Label by log-likelihood; returns (raw, calibrated) annotations of the same scores.
 
     The calibrated one (None when ``content_free`` is None) uses `calibrate` with the label
     probabilities of the same prompt around each content-free input, averaged; its token
-    count adds only those few prompts to the raw method's.
+    count adds only those few prompts to the raw method's. `system` replaces the instruction (`build_prompt`).
     """
     t = teacher.with_cache(teacher.cache)
-    probs = score_probs(t, [build_prompt(x, label_names, shots, task, language) for x in texts], label_names)
+    probs = score_probs(t, [build_prompt(x, label_names, shots, task, language, system) for x in texts], label_names)
     raw = Annotation(method, [label_names[i] for i in probs.argmax(1)], probs, entropy(probs),
                      tokens=_tokens(t.ledger)[0], tokens_spent=_tokens(t.ledger)[1])
     if content_free is None:
         return raw, None
-    cf = score_probs(t, [build_prompt(x, label_names, shots, task, language) for x in content_free],
+    cf = score_probs(t, [build_prompt(x, label_names, shots, task, language, system) for x in content_free],
                      label_names).mean(0)
     cal = calibrate(probs, cf)
     calibrated = Annotation(method + "+cal", [label_names[i] for i in cal.argmax(1)], cal, entropy(cal),
                             tokens=_tokens(t.ledger)[0], tokens_spent=_tokens(t.ledger)[1])
     return raw, calibrated
+
+
+def annotate_score_ensemble(teacher, texts: Sequence[str], label_names: Sequence[str],
+                            shots: Sequence[tuple[str, str]] = (), variants: Sequence[tuple[str, Sequence[str]]] = (),
+                            task: str = "", method: str = "score ensemble") -> Annotation:
+    """Calibrated label scoring averaged over prompt variants: an instruction/verbalizer ensemble.
+
+    Each variant is (instruction template, label words): the template takes ``{what}`` (the text kind) and
+    ``{labels}`` (the words, comma-separated), "" keeps the default instruction; the words, one per label in
+    `label_names` order, are what the teacher is asked to answer and what is scored (the demonstrations are
+    shown with them too), empty keeps the label names. Each variant's probabilities are calibrated on its own
+    content-free inputs (`calibrate`) before the mean, so a variant's bias towards a word does not leak into
+    the average. Tokens are the sum of the variants'.
+    """
+    if not variants:
+        raise ValueError("an ensemble needs at least one (instruction, label words) variant")
+    words_of = [list(words) if words else list(label_names) for _, words in variants]
+    for words in words_of:
+        if len(words) != len(label_names) or len(set(words)) != len(words):
+            raise ValueError(f"label words {words} must name each of {list(label_names)} once, in order")
+    probs, tokens, spent = [], 0, 0
+    for (template, _), words in zip(variants, words_of):
+        to_word = dict(zip(label_names, words))
+        system = template.format(what=task or "the text", labels=", ".join(words)) if template else ""
+        _, cal = annotate_score(teacher, texts, words, [(x, to_word[y]) for x, y in shots], task, system=system)
+        probs.append(cal.probs)
+        tokens, spent = tokens + cal.tokens, spent + cal.tokens_spent
+    mean = np.mean(probs, axis=0)
+    return Annotation(method, [label_names[i] for i in mean.argmax(1)], mean, entropy(mean), tokens=tokens,
+                      tokens_spent=spent)
 
 
 def calibrate(probs, content_free_probs) -> np.ndarray:

@@ -141,7 +141,7 @@ def synthesize(teacher, spec: TaskSpec, per_label: int, *, examples: dict[str, S
                max_new_tokens: int = 160, max_rounds: int = 4, seed: int = 0, style: str = "",
                against: Sequence[str] = (), near_threshold: float | None = 0.7, min_chars: int = 10,
                decoding: dict | None = None, best_of: int = 1, scorer: Callable[[str, str], float] | None = None,
-               structured: bool = False) -> SynthResult:
+               structured: bool = False, variants: dict[str, Sequence[str]] | None = None) -> SynthResult:
     """`per_label` synthetic texts for every label of `spec` (fewer if `max_rounds` runs out).
 
     `examples` maps labels to real texts shown as demonstrations (few-shot) and treated as
@@ -155,17 +155,21 @@ def synthesize(teacher, spec: TaskSpec, per_label: int, *, examples: dict[str, S
     all candidates are billed. `structured` asks for JSON ({"texts": [...]}) and constrains the answer to
     that schema (a local teacher's grammar; an endpoint's response_format where the server honours it,
     else the same parser reads free text): its outputs and cache rows are separate from the free ones.
+    `variants` maps a label to extra instruction lines, each a distinct request of that label (AttrPrompt's
+    attribute draws, a confusable pair to write near, `kdlib.synthesis.prompting`); the label's samples are
+    spread over them.
     """
     if per_label < 1 or max_rounds < 1 or prompts_per_label < 1 or best_of < 1:
         raise ValueError("per_label, max_rounds, prompts_per_label and best_of must be >= 1")
     if best_of > 1 and scorer is None:
         raise ValueError("best_of > 1 needs a scorer(label, output) -> float to pick the best candidate")
     examples = {lab: list(v) for lab, v in (examples or {}).items()}
-    unknown = set(examples) - set(spec.label_names)
+    unknown = (set(examples) | set(variants or {})) - set(spec.label_names)
     if unknown:
-        raise ValueError(f"examples for labels {sorted(unknown)} not in {spec.label_names}")
+        raise ValueError(f"examples or variants for labels {sorted(unknown)} not in {spec.label_names}")
     t = teacher.with_cache(teacher.cache)
-    requests = _requests(spec, examples, per_prompt, prompts_per_label, style, random.Random(seed), structured)
+    requests = _requests(spec, examples, per_prompt, prompts_per_label, style, random.Random(seed), structured,
+                         variants or {})
     grammar = {"grammar": json_schema(output_schema(per_prompt, min_chars, max_new_tokens), compact=True,
                                       string_max_tokens=string_budget(max_new_tokens - 6, per_prompt))} if structured else {}
     seeds = [{"text": x} for v in examples.values() for x in v]
@@ -190,8 +194,10 @@ def synthesize(teacher, spec: TaskSpec, per_label: int, *, examples: dict[str, S
 
 
 def _requests(spec: TaskSpec, examples: dict[str, list[str]], per_prompt: int, prompts_per_label: int,
-              style: str, rng: random.Random, structured: bool = False) -> list[tuple[str, list[dict]]]:
-    """(label, prompt) pairs: per label, up to `prompts_per_label` distinct draws of up to 3 demonstrations.
+              style: str, rng: random.Random, structured: bool = False,
+              variants: dict[str, Sequence[str]] | None = None) -> list[tuple[str, list[dict]]]:
+    """(label, prompt) pairs: per label, up to `prompts_per_label` distinct draws of up to 3 demonstrations,
+    each under every one of the label's `variants` lines (none: the plain request).
 
     Identical prompts would share their cache keys, hence their samples, so each label keeps
     only distinct prompts (one for ZeroGen, which shows no example)."""
@@ -199,8 +205,10 @@ def _requests(spec: TaskSpec, examples: dict[str, list[str]], per_prompt: int, p
     for label in spec.label_names:
         shown = examples.get(label, [])
         draws = [rng.sample(shown, min(len(shown), 3)) for _ in range(prompts_per_label)] if shown else [[]]
-        distinct = {tuple(d): d for d in draws}.values()
-        out += [(label, generation_prompt(spec, label, per_prompt, d, style, structured)) for d in distinct]
+        distinct = list({tuple(d): d for d in draws}.values())
+        lines = list(dict.fromkeys((variants or {}).get(label) or [""]))
+        out += [(label, generation_prompt(spec, label, per_prompt, d, "\n".join(x for x in (style, line) if x),
+                                          structured)) for line in lines for d in distinct]
     return out
 
 
