@@ -79,6 +79,32 @@ def test_scores_rank_the_right_answer_and_add_up(local):
                                                                ["Yes"])[0].sum_logprob, abs=1e-4)
 
 
+def test_candidates_of_one_prompt_share_its_pass_with_the_same_log_probs(local):
+    """Label scoring runs the prompt once and continues each label from its KV cache; the log-probs are those of
+    the whole-text pass (float rounding apart), for chat and plain prompts, one- and many-token candidates."""
+    from kdlib.teachers.api import Request
+
+    prompts = [[{"role": "system", "content": "Classify the review: negative, positive."},
+                {"role": "user", "content": "Text: a warm, funny film"}], "The capital of France is"]
+    cands = ["negative", "positive", " Paris and its many bridges"]
+    reqs = [Request(i, j, p, f"{i}-{j}", candidate=c) for i, p in enumerate(prompts) for j, c in enumerate(cands)]
+    calls = []
+    handle = local.load()[0].register_forward_pre_hook(lambda m, a, kw: calls.append(kw["input_ids"].shape),
+                                                       with_kwargs=True)
+    try:
+        shared = local._run_score(reqs)
+    finally:
+        handle.remove()
+    assert len(calls) == 4 and calls[0][0] == 1 and calls[1][0] == 3  # per prompt: its pass, then 3 candidates
+    for r, entry in zip(reqs, shared):
+        alone = local._run_score([r])[0]  # one candidate: the whole-text path
+        assert entry.prompt_tokens == alone.prompt_tokens
+        assert entry.extra["token_logprobs"] == pytest.approx(alone.extra["token_logprobs"], abs=1e-4)
+    plan = local._plan([Request(0, j, p, f"{i}{j}", candidate=c) for j, c in enumerate(cands) for i, p in
+                        enumerate(prompts)])  # interleaved on purpose
+    assert [r.prompt for r in plan[0]][:3] in ([prompts[1]] * 3, [prompts[0]] * 3)
+
+
 def test_scoring_halves_the_batch_on_out_of_memory(local):
     import torch
 

@@ -161,6 +161,12 @@ class LocalTeacher(Teacher):
     # --- generation ----------------------------------------------------------------------------
     def _plan(self, requests: list[Request]) -> list[list[Request]]:
         lengths = {r.key: len(self.encode(r.prompt)) + len(r.candidate or "") // 4 for r in requests}
+        if all(r.candidate is not None for r in requests):
+            # scoring: the candidates of one prompt side by side, so that a batch runs their prompt once
+            first = {}
+            for r in requests:
+                first.setdefault(self.prompt_text(r.prompt), lengths[r.key])
+            lengths = {r.key: (first[self.prompt_text(r.prompt)], self.prompt_text(r.prompt)) for r in requests}
         ordered = sorted(requests, key=lambda r: lengths[r.key])  # stable: ties keep request order
         size = self.commit_every
         return [ordered[i:i + size] for i in range(0, len(ordered), size)]
@@ -210,16 +216,81 @@ class LocalTeacher(Teacher):
 
     # --- scoring -------------------------------------------------------------------------------
     def _run_score(self, batch: list[Request]) -> list[Entry]:
+        """Log-probs of each request's candidate. Candidates of one prompt (the labels of one text) share its
+        forward pass: the prompt runs once and each candidate continues from its KV cache (`_score_shared`);
+        a prompt with a single candidate in the batch runs whole (`token_logprobs`)."""
         prefixes = [self.prompt_text(r.prompt) for r in batch]
         raw = [isinstance(r.prompt, str) for r in batch]
-        texts = [p + r.candidate for p, r in zip(prefixes, batch)]
-        per_text = self.token_logprobs(texts, add_special_tokens=raw, from_chars=[len(p) for p in prefixes])
-        entries = []
-        for prefix, toks in zip(prefixes, per_text):
-            # A token belongs to the candidate if it ends after the prompt does.
-            lps = [t.logprob for t in toks if t.end > len(prefix) and t.logprob is not None]
-            entries.append(Entry("score", None, len(toks), 0, None, {"token_logprobs": lps}))
-        return entries
+        groups: dict[tuple[str, bool], list[int]] = {}
+        for i, key in enumerate(zip(prefixes, raw)):
+            groups.setdefault(key, []).append(i)
+        scored: dict[int, tuple[list[float], int]] = {}
+        for (prefix, flag), rows in groups.items():
+            if len(rows) > 1:
+                try:
+                    shared = self._score_shared(prefix, flag, [batch[i].candidate for i in rows])
+                except Exception as exc:  # out of memory: the whole-text path below halves its batches
+                    if not is_oom(exc):
+                        raise
+                    _free_memory()
+                    shared = None
+                if shared is not None:
+                    scored.update(zip(rows, shared))
+        rest = [i for i in range(len(batch)) if i not in scored]
+        if rest:
+            per_text = self.token_logprobs([prefixes[i] + batch[i].candidate for i in rest],
+                                           add_special_tokens=[raw[i] for i in rest],
+                                           from_chars=[len(prefixes[i]) for i in rest])
+            for i, toks in zip(rest, per_text):
+                # A token belongs to the candidate if it ends after the prompt does.
+                scored[i] = ([t.logprob for t in toks if t.end > len(prefixes[i]) and t.logprob is not None], len(toks))
+        return [Entry("score", None, scored[i][1], 0, None, {"token_logprobs": scored[i][0]}) for i in range(len(batch))]
+
+    def _score_shared(self, prefix: str, add_special_tokens: bool, candidates: list[str]
+                      ) -> list[tuple[list[float], int]] | None:
+        """(candidate token log-probs, tokens of prompt + candidate) of each candidate after one shared prompt.
+
+        Every "prompt + candidate" is tokenized whole, as in `token_logprobs`, and the longest run of token ids
+        they all share that ends before any candidate token (one ending after the prompt's characters) runs
+        once with its KV cache; the rest of each text runs as one small batch continuing from that cache
+        (right-padded). The log-probs are those of the whole-text pass up to float rounding, at about
+        1/len(candidates) of the prompt's compute (label scoring: one prompt pass instead of one per label).
+        None when the shared run is too short to be worth it."""
+        import torch
+
+        model, tok = self.load()
+        encs = [tok(prefix + c, add_special_tokens=add_special_tokens, return_offsets_mapping=True) for c in candidates]
+        ids = [list(e.input_ids) for e in encs]
+        first = [next((k for k, (_, end) in enumerate(e.offset_mapping) if k > 0 and end > len(prefix)), len(e.input_ids))
+                 for e in encs]
+        shared = min(first)
+        for row in ids[1:]:
+            shared = next((k for k in range(shared) if row[k] != ids[0][k]), shared)
+        if shared < 2 or any(f >= len(row) for f, row in zip(first, ids)):
+            return None  # nothing worth sharing, or a candidate with no token of its own (scored the usual way)
+        width = max(len(row) for row in ids) - shared
+        suffix = torch.full((len(ids), width), tok.pad_token_id or 0, dtype=torch.long)
+        mask = torch.zeros((len(ids), shared + width), dtype=torch.long)
+        mask[:, :shared] = 1
+        for r, row in enumerate(ids):
+            suffix[r, :len(row) - shared] = torch.tensor(row[shared:])
+            mask[r, shared:len(row)] = 1
+        device = model.device
+        with torch.inference_mode():
+            keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+            head = model(input_ids=torch.tensor([ids[0][:shared]], device=device), use_cache=True, **keep)
+            next_logp = torch.log_softmax(head.logits[0, -1].float(), dim=-1).cpu()  # predicts token `shared`
+            cache = head.past_key_values
+            cache.batch_repeat_interleave(len(ids))
+            tail = model(input_ids=suffix.to(device), attention_mask=mask.to(device), past_key_values=cache,
+                         use_cache=False).logits
+            tail_logp = torch.log_softmax(tail.float(), dim=-1).cpu()  # position j predicts token shared + j + 1
+        out = []
+        for r, (row, f) in enumerate(zip(ids, first)):
+            lps = [float(next_logp[row[pos]]) if pos == shared else float(tail_logp[r, pos - shared - 1, row[pos]])
+                   for pos in range(f, len(row))]
+            out.append((lps, len(row)))
+        return out
 
     def token_logprobs(self, texts: Sequence[str], add_special_tokens: Sequence[bool] | bool = True,
                        top: int = 0, from_chars: Sequence[int] | None = None) -> list[list[TokenLogprob]]:
