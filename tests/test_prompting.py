@@ -88,6 +88,7 @@ def test_ensemble_variants_add_the_verbalizer_only_where_it_has_words():
     assert len(prompting.ensemble_variants(["World", "Sports"])) == len(prompting.PHRASINGS)
 
 
+@pytest.mark.slow
 def test_every_strategy_runs_on_the_offline_teacher():
     from kdlib.registry import models
 
@@ -108,3 +109,14 @@ def test_every_strategy_runs_on_the_offline_teacher():
             assert w.tokens > w.result.tokens or s in ("label-conditioned", "hard examples")
             assert all(r["label"] in NAMES for r in w.rows)
         assert models.ENCODER_ID  # the embedding space is the student's encoder
+
+
+@pytest.mark.slow
+def test_the_notebook_refuses_an_unknown_strategy_before_loading_anything(tmp_path):
+    """Notebook 12 fails in its setup cell, naming the known strategies, before any data, model or teacher."""
+    from kdlib.lab import runner
+
+    recs = runner.run_all("smoke", ["12"], {"synthesis": ["AttrPrompt", "attr-prompt"]}, tmp_path, write_record=False)
+    assert recs[0]["status"] == "failed" and recs[0]["error"]["ename"] == "ValueError"
+    assert "unknown synthesis strategies ['attr-prompt']; known: ['label-conditioned'" in recs[0]["error"]["evalue"]
+    assert recs[0]["metrics"] == []
