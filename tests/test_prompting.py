@@ -120,3 +120,31 @@ def test_the_notebook_refuses_an_unknown_strategy_before_loading_anything(tmp_pa
     assert recs[0]["status"] == "failed" and recs[0]["error"]["ename"] == "ValueError"
     assert "unknown synthesis strategies ['attr-prompt']; known: ['label-conditioned'" in recs[0]["error"]["evalue"]
     assert recs[0]["metrics"] == []
+
+
+def test_the_plane_verdicts_and_statements_read_the_numbers():
+    import pandas as pd
+
+    scores = {ps.FEW: ([0.30, 0.31, 0.29], 0), "labels · zero-shot": ([0.40, 0.39, 0.41], 50),
+              "labels · random demos": ([0.50, 0.52, 0.51], 100), "labels · KATE demos": ([0.60, 0.62, 0.61], 120),
+              "synthetic · label-conditioned": ([0.50, 0.50, 0.50], 200),
+              "synthetic · AttrPrompt": ([0.45, 0.46, 0.44], 400), ps.FULL: ([0.80] * 3, 0)}
+    family = lambda m: "gold" if m in (ps.FEW, ps.FULL) else "labelling" if m.startswith("labels") else "synthesis"  # noqa: E731
+    runs = pd.DataFrame([{"dataset": "d", "seed": s, "method": m, "macro_f1": v[s], "tokens": t, "family": family(m)}
+                         for m, (v, t) in scores.items() for s in range(3)])
+    labelling = pd.DataFrame([{"dataset": "d", "seed": s, "strategy": st, "accuracy": a + 0.01 * s, "tokens": 1}
+                              for st, a in (("zero-shot", 0.5), ("random demos", 0.6), ("KATE demos", 0.7))
+                              for s in range(3)])
+    writing = pd.DataFrame([{"dataset": "d", "seed": s, "strategy": "AttrPrompt", "tokens": 400, "attribute_values": 0}
+                            for s in range(3)])
+    res = ps.Results(labelling, writing, runs)
+    ver = ps.verdicts(res).set_index("strategy")
+    assert ver.loc["KATE demos", "student_verdict"] == "beats" and ver.loc["KATE demos", "token_ratio"] == 1.2
+    assert ver.loc["KATE demos", "label_verdict"] == "beats"
+    assert ver.loc["zero-shot", "student_verdict"] == "is below" and ver.loc["AttrPrompt", "student_verdict"] == "is below"
+    pts = ps.points(res).set_index("strategy")
+    assert list(pts[pts.frontier].index) == [ps.FEW, "zero-shot", "random demos", "KATE demos"]
+    text = "\n".join(ps.statements(res))
+    assert "Earn their tokens over the default here: KATE demos." in text
+    assert "Earn their tokens over the default here: none." in text  # synthesis: AttrPrompt is below
+    assert "with none, its requests varied in length only" in text

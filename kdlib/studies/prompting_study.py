@@ -81,8 +81,21 @@ def _write_rows(name, seed, written, wall, task):
         q = synth.quality(w.rows, task.names, task.reference) if w.rows else {"n": 0}
         rows.append({"dataset": name, "seed": seed, "strategy": s, "rows": len(w.rows),
                      **{k: q.get(k, float("nan")) for k in ("fidelity", "distinct2", "dispersion", "balance")},
-                     "parse_rate": w.result.parse_rate, "tokens": w.tokens, "teacher_s": wall[s]})
+                     "parse_rate": w.result.parse_rate, "tokens": w.tokens, "teacher_s": wall[s], **_extra_pass(w)})
     return rows
+
+
+def _extra_pass(w) -> dict:
+    """What a strategy's extra teacher pass did: usable attribute values proposed (AttrPrompt), share of texts
+    rewritten (self-refine), confusable pairs written from (hard examples)."""
+    if "attributes" in w.notes:
+        return {"attribute_values": sum(len(v) for v in w.notes["attributes"].values())}
+    if "refine" in w.notes:
+        done = w.notes["refine"]
+        return {"rewritten": done["rewritten"] / max(sum(done.values()), 1)}
+    if "pairs" in w.notes:
+        return {"pairs": sum(len(v) for v in w.notes["pairs"].values())}
+    return {}
 
 
 def run(teacher, tasks: dict, *, seeds, shots: int, bank: int, pool_size: int, per_label: int, labelling, synthesis,
@@ -210,12 +223,26 @@ def statements(res: Results) -> list[str]:
                 lines.append(f"  - {r.strategy}: {mean:.3f}, {r.student_verdict} the default "
                              f"({r.student_delta:+.3f}, ahead in {r.student_wins} seed(s)) at {r.token_ratio:.1f}x its "
                              f"tokens{extra}.")
+            if family == "synthesis":
+                lines += _extra_lines(res.writing[res.writing.dataset == dataset])
             earn = list(dv[dv.student_verdict == "beats"].strategy) if len(dv) else []
             lines.append(f"  Earn their tokens over the default here: {', '.join(earn) if earn else 'none'}.")
         on = pts[(pts.dataset == dataset) & pts.frontier].sort_values("tokens")
         lines.append("  Frontier (cheapest first): " + ", ".join(f"{r.strategy} ({r.score:.3f}, {r.tokens:.0f} tokens)"
                                                                 for _, r in on.iterrows()) + ".")
     return lines
+
+
+def _extra_lines(writing) -> list[str]:
+    out = []
+    if "attribute_values" in writing and writing.attribute_values.notna().any():
+        n = writing.attribute_values.dropna()
+        out.append(f"  AttrPrompt: the teacher proposed {n.mean():.1f} usable attribute values per seed (min {n.min():.0f}"
+                   f"{'; with none, its requests varied in length only' if n.min() == 0 else ''}).")
+    if "rewritten" in writing and writing.rewritten.notna().any():
+        out.append(f"  self-refine rewrote {writing.rewritten.dropna().mean():.0%} of the texts (the rest kept: "
+                   f"unusable rewrites).")
+    return out
 
 
 def finding(res: Results) -> str:
