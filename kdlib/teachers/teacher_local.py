@@ -163,10 +163,11 @@ class LocalTeacher(Teacher):
         lengths = {r.key: len(self.encode(r.prompt)) + len(r.candidate or "") // 4 for r in requests}
         if all(r.candidate is not None for r in requests):
             # scoring: the candidates of one prompt side by side, so that a batch runs their prompt once
+            texts = {r.key: self.prompt_text(r.prompt) for r in requests}
             first = {}
             for r in requests:
-                first.setdefault(self.prompt_text(r.prompt), lengths[r.key])
-            lengths = {r.key: (first[self.prompt_text(r.prompt)], self.prompt_text(r.prompt)) for r in requests}
+                first.setdefault(texts[r.key], lengths[r.key])
+            lengths = {r.key: (first[texts[r.key]], texts[r.key]) for r in requests}
         ordered = sorted(requests, key=lambda r: lengths[r.key])  # stable: ties keep request order
         size = self.commit_every
         return [ordered[i:i + size] for i in range(0, len(ordered), size)]
