@@ -35,16 +35,18 @@ def mixture_log_probs(grid, means: Sequence[float], stds: Sequence[float], weigh
 
 
 def fit_gaussian(target_log_probs, grid, kind: str, *, steps: int = 600, lr: float = 0.05, mu0: float = 1.0,
-                 sigma0: float = 1.0, beta: float = 0.5, alpha: float = 0.1) -> dict:
-    """Fit (mu, sigma) of a discretised Gaussian student to the teacher by minimising `kind` with Adam."""
+                 sigma0: float = 1.0, beta: float = 0.5, alpha: float = 0.1, device: str = "cpu") -> dict:
+    """Fit (mu, sigma) of a discretised Gaussian student to the teacher by minimising `kind` with Adam, in
+    float64 on `device` (the losses' CUDA path runs the same code; results agree to float64 rounding)."""
     import torch
 
     from kdlib.distillation.losses import kd_loss
 
-    x = torch.as_tensor(grid, dtype=torch.float64)
-    t = torch.as_tensor(target_log_probs, dtype=torch.float64)[None]
-    mu = torch.tensor(float(mu0), dtype=torch.float64, requires_grad=True)
-    log_sigma = torch.tensor(float(np.log(sigma0)), dtype=torch.float64, requires_grad=True)
+    device = "cpu" if str(device).startswith("mps") else device  # MPS has no float64
+    x = torch.as_tensor(grid, dtype=torch.float64, device=device)
+    t = torch.as_tensor(target_log_probs, dtype=torch.float64).to(device)[None]
+    mu = torch.tensor(float(mu0), dtype=torch.float64, device=device, requires_grad=True)
+    log_sigma = torch.tensor(float(np.log(sigma0)), dtype=torch.float64, device=device, requires_grad=True)
     opt = torch.optim.Adam([mu, log_sigma], lr=lr)
     curve = []
     for _ in range(steps):
@@ -53,10 +55,11 @@ def fit_gaussian(target_log_probs, grid, kind: str, *, steps: int = 600, lr: flo
         opt.zero_grad()
         loss.backward()
         opt.step()
-        curve.append(float(loss.detach()))
+        curve.append(loss.detach())
     with torch.no_grad():
         logq = torch.log_softmax(-0.5 * ((x - mu) / log_sigma.exp()) ** 2, 0)
-    return {"kind": kind, "mu": mu.item(), "sigma": log_sigma.detach().exp().item(), "log_probs": logq.numpy(),
+    curve = torch.stack(curve).cpu().tolist()  # one device-to-host copy, not one per step
+    return {"kind": kind, "mu": mu.item(), "sigma": log_sigma.detach().exp().item(), "log_probs": logq.cpu().numpy(),
             "loss": curve[-1], "curve": curve}
 
 
