@@ -245,6 +245,9 @@ def section_losses(args, cfg) -> dict:
 
         jsd = LigerFusedLinearJSD(jsd_beta=0.5)
         impls["liger FusedLinearJSD"] = lambda: jsd(h, w, th, tw, None)
+        # like for like with kdlib, which accumulates the output layer's gradient in fp32 over the chunks
+        jsd32 = LigerFusedLinearJSD(jsd_beta=0.5, accum_dtype=torch.float32)
+        impls["liger FusedLinearJSD, fp32 accumulation"] = lambda: jsd32(h, w, th, tw, None)
     except Exception as exc:  # not installed, or no Triton on this device
         liger_note = f"{type(exc).__name__}: {exc}"[:300]
 
@@ -322,6 +325,24 @@ def _student_update_mfu(student, teacher, tok, cfg, peak_tflops) -> dict:
         opt.zero_grad(set_to_none=True)
 
     times = cuda_time(update, reps=max(3, cfg["kd_steps"]), warmup=2)
+    # the same step in parts, to say where the time goes: body forward + backward (a trivial loss on the hidden
+    # states), the fused loss alone (forward + backward from fixed hidden states), clipping + AdamW alone
+    h_fixed = distill.response_hidden(student, ids, mask, positions, keep).detach().requires_grad_()
+
+    def body():
+        distill.response_hidden(student, ids, mask, positions, keep).float().square().mean().backward()
+
+    def loss_only():
+        kd_loss_from_hidden(h_fixed, student.get_output_embeddings(), teacher_hidden=t_hidden,
+                            teacher_head=teacher.get_output_embeddings(), kind="jsd", beta=0.5, mask=counted).backward()
+
+    def optimizer():
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        opt.step()
+
+    parts = {name: statistics.median(cuda_time(fn, reps=3, warmup=1)) * 1e3
+             for name, fn in (("body_fwd_bwd_ms", body), ("fused_loss_ms", loss_only), ("clip_adamw_ms", optimizer))}
+    opt.zero_grad(set_to_none=True)
     student.eval()
     c = student.config
     b, s = ids.shape
@@ -329,7 +350,8 @@ def _student_update_mfu(student, teacher, tok, cfg, peak_tflops) -> dict:
              + 6 * c.num_hidden_layers * c.hidden_size * b * s * s)
     t = statistics.median(times)
     out = {"batch": b, "seq": s, "response_tokens": keep, "time_ms": t * 1e3, "model_tflop": flops / 1e12,
-           "achieved_tflops": flops / t / 1e12, "mfu_vs_datasheet": flops / t / 1e12 / DATASHEET_BF16_TFLOPS}
+           "achieved_tflops": flops / t / 1e12, "mfu_vs_datasheet": flops / t / 1e12 / DATASHEET_BF16_TFLOPS,
+           "parts": parts}
     if peak_tflops:
         out["mfu_vs_measured_matmul"] = flops / t / 1e12 / peak_tflops
     return out
@@ -442,18 +464,46 @@ def section_onpolicy(args, cfg) -> dict:
     return out
 
 
-def _stop_token(first_positions: dict[int, list[int]], rows: int, max_new: int) -> int | None:
-    """The token whose first appearance, over the rows where it appears (at least half of them, and rarely as
-    the very first token), has a median depth closest to half the budget: declared EOS, it ends rows at varied
-    lengths. None when no token qualifies (every row then runs to the budget)."""
-    best, best_gap = None, None
-    for token, where in first_positions.items():
-        if len(where) < rows // 2 or sum(j == 0 for j in where) > rows // 4:
-            continue
-        gap = abs(statistics.median(where) - max_new / 2)
-        if best is None or gap < best_gap:
-            best, best_gap = token, gap
-    return best
+class StoppingHead:
+    """Wraps a random model's output layer with a stop rule: at about 1/`every` of the positions, chosen by a
+    hash of the hidden state, end-of-sequence becomes the argmax. A random model never picks EOS by itself,
+    while real teachers end their answers at varied lengths, which is what continuous batching is for. The
+    rule depends only on the hidden state, so every decoding method meets the same one; lengths are
+    geometric (mean ~`every`, cut at the budget). Costs two reductions per position."""
+
+    def __new__(cls, head, eos: int, every: int):
+        import torch
+
+        class _Head(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.inner, self.weight = head, head.weight
+
+            def forward(self, h):
+                logits = self.inner(h)
+                key = torch.frac(h.float().sum(-1).abs() * 997.0)  # ~uniform in [0, 1) per position
+                top, bottom = logits.amax(-1), logits.amin(-1)
+                logits[..., eos] = torch.where(key < 1.0 / every, top + 1, bottom - 1).to(logits.dtype)
+                return logits
+
+        return _Head()
+
+
+def _profile(fn, top: int = 12) -> dict:
+    """torch.profiler over one call: total host vs device time and the ops with the most host time."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=acts) as prof:
+        fn()
+        sync()
+    ev = prof.key_averages()
+    dev = [getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0)) for e in ev]
+    rows = sorted(zip(ev, dev), key=lambda x: -x[0].self_cpu_time_total)[:top]
+    return {"host_ms": sum(e.self_cpu_time_total for e in ev) / 1e3, "device_ms": sum(dev) / 1e3,
+            "top_host_ops": [{"op": e.key, "calls": e.count, "host_ms": round(e.self_cpu_time_total / 1e3, 2),
+                              "device_ms": round(d / 1e3, 2)} for e, d in rows]}
 
 
 def section_generation(args, cfg) -> dict:
@@ -469,31 +519,21 @@ def section_generation(args, cfg) -> dict:
     model = random_lm(dict(TEACHER_SHAPE, tie_word_embeddings=False), dev, dt, tok, seed=0, quick=args.quick)
     prompts = chat_prompts(tok, cfg["gen_batch"])
     n_new = cfg["gen_tokens"]
-    # pilot: greedy with no stop token, then declare a token the model emits at varied depths as EOS
-    pilot = fastgen.generate(model, prompts, fastgen.SamplingParams(max_new_tokens=n_new), batch_size=len(prompts),
-                             eos_token_ids=[], pad_token_id=tok.pad_token_id)
-    first: dict[int, list[int]] = {}
-    for o in pilot:
-        seen = set()
-        for j, t in enumerate(o.token_ids):
-            if t not in seen:
-                seen.add(t)
-                first.setdefault(t, []).append(j)
-    stop = _stop_token(first, len(prompts), n_new)
-    stop = stop if stop is not None else tok.eos_token_id  # none qualifies: the real EOS, which never comes
+    stop = tok.eos_token_id
+    model.lm_head = StoppingHead(model.lm_head, stop, every=max(2, n_new // 2))
 
     def cut(row):
         return row[:row.index(stop) + 1] if stop in row else row
 
-    def run_fastgen():
-        outs = fastgen.generate(model, prompts, fastgen.SamplingParams(max_new_tokens=n_new), batch_size=len(prompts),
+    def run_fastgen(n=n_new):
+        outs = fastgen.generate(model, prompts, fastgen.SamplingParams(max_new_tokens=n), batch_size=len(prompts),
                                 eos_token_ids=[stop], pad_token_id=tok.pad_token_id)
         return [o.token_ids for o in outs]
 
-    def run_hf():
+    def run_hf(n=n_new):
         enc = tok.pad({"input_ids": prompts}, return_tensors="pt", padding_side="left").to(dev)
         with torch.inference_mode():
-            out = model.generate(**enc, max_new_tokens=n_new, do_sample=False, eos_token_id=stop,
+            out = model.generate(**enc, max_new_tokens=n, do_sample=False, eos_token_id=stop,
                                  pad_token_id=tok.pad_token_id)
         return [cut(r) for r in out[:, enc["input_ids"].shape[1]:].tolist()]
 
@@ -535,7 +575,7 @@ def section_generation(args, cfg) -> dict:
             s["tokens"] += sum(len(r) for r in rows)
             s["wall_s"] += wall
         if rep == 0:
-            print(f"  generation warm-up done; stop token {stop}", flush=True)
+            print("  generation warm-up done", flush=True)
     for s in stats.values():
         if "wall_s" in s and s["wall_s"]:
             s["tok_per_s"] = s["tokens"] / s["wall_s"]
@@ -556,6 +596,14 @@ def section_generation(args, cfg) -> dict:
         out["fastgen_vs_continuous"] = f["tok_per_s"] / c["tok_per_s"]
     for name, s in stats.items():
         print(f"  generation {name:28s} {s}", flush=True)
+    # where a decode step's time goes: host (Python, launches) vs device, for 16 new tokens of each method
+    try:
+        out["profile_16_tokens"] = {"fastgen": _profile(lambda: run_fastgen(16)), "hf generate": _profile(lambda: run_hf(16))}
+        for name, p in out["profile_16_tokens"].items():
+            print(f"  profile {name}: host {p['host_ms']:.0f} ms, device {p['device_ms']:.0f} ms; top host ops "
+                  f"{[(o['op'], o['host_ms']) for o in p['top_host_ops'][:5]]}", flush=True)
+    except Exception as exc:
+        out["profile_16_tokens"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
     return out
 
 
@@ -683,6 +731,9 @@ def markdown(res: dict) -> str:
                       f"{su['mfu_vs_datasheet']:.1%} of {DATASHEET_BF16_TFLOPS:.0f}"
                       + (f" ({su['mfu_vs_measured_matmul']:.1%} of the measured matmul rate)."
                          if "mfu_vs_measured_matmul" in su else ".")]
+            if su.get("parts"):
+                lines.append("Its parts, timed alone: " + ", ".join(f"{k.removesuffix('_ms').replace('_', ' ')} "
+                                                                  f"{v:.1f} ms" for k, v in su["parts"].items()) + ".")
     ge = res.get("generation")
     if ge and "methods" in ge:
         lines += ["", f"## Teacher generation: batch {ge['batch']}, greedy, up to {ge['max_new_tokens']} new tokens, "
@@ -730,8 +781,9 @@ def main(argv=None) -> dict:
     sections = {"tests": section_tests, "losses": section_losses, "onpolicy": section_onpolicy,
                 "generation": section_generation, "notebook": section_notebook}
     for name in args.only:
-        if time.monotonic() > DEADLINE[0]:
-            res[name] = {"error": f"skipped: the --budget of {args.budget:.0f} s was spent before it started"}
+        if time.monotonic() > DEADLINE[0]:  # an earlier run's result, if any, stays
+            res.setdefault(name, {"error": f"skipped: the --budget of {args.budget:.0f} s was spent before it started"})
+            print(f"[gpu_suite] {name}: skipped (budget spent)", flush=True)
             continue
         t0 = time.perf_counter()
         print(f"[gpu_suite] {name} ...", flush=True)

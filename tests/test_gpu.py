@@ -69,8 +69,10 @@ def test_fused_head_bf16_on_cuda_matches_fp32_naive(kind):
     # bf16 output-layer products (fp32 accumulation) against fp32 ones: logits differ at ~1e-3 relative
     assert abs(float(loss) - float(ref)) <= 2e-2 * abs(float(ref)) + 1e-5
     assert h1.grad.dtype == torch.bfloat16 and w1.grad.dtype == torch.bfloat16
-    assert rel_err(h1.grad, h2.grad) < 3e-2
-    assert rel_err(w1.grad, w2.grad) < 3e-2
+    # TVD's gradient is sign(q - p) per token: where bf16 logits put p and q within rounding, signs flip
+    tol = 5e-2 if kind == "tvd" else 3e-2
+    assert rel_err(h1.grad, h2.grad) < tol
+    assert rel_err(w1.grad, w2.grad) < tol
 
 
 def test_fastgen_greedy_matches_hf_generate_on_cuda():

@@ -240,8 +240,8 @@ def _run(s: torch.Tensor, t: torch.Tensor, rows: torch.Tensor | None, spec: _Spe
         out = grad[idx] if want_grad and isinstance(idx, slice) else None
         loss, g, factor = kernel(sc, tc, w, out)
         losses[idx] = loss * loss_scale if loss_scale != 1.0 else loss
-        if want_grad and out is None:
-            grad[idx] = g
+        if want_grad and out is None:  # gathered rows: scatter back, cast to s's dtype (index_put will not)
+            grad[idx] = g.to(grad.dtype)
     return losses, (grad, factor * loss_scale * inv_t)
 
 
