@@ -684,7 +684,10 @@ def markdown(res: dict) -> str:
              f"Liger-Kernel {e.get('liger_kernel')}, triton {e.get('triton')}. Measured bf16 matmul rate: "
              f"{res.get('matmul_tflops') or 0:.0f} TFLOP/s (8192^3). Models are randomly initialised at real sizes "
              "(Qwen2.5-1.5B-shaped teacher, Qwen2.5-0.5B-shaped student, vocab 151,936, bf16): timings are the "
-             "architectures', quality is not measured.", "", "## Targets", "",
+             "architectures', quality is not measured."]
+    if res.get("provenance"):
+        lines += ["", "Runs: " + "; ".join(f"{k}: {v}" for k, v in res["provenance"].items()) + "."]
+    lines += ["", "## Targets", "",
              "| target | status | value | detail |", "|---|---|---:|---|"]
     for v in res.get("verdicts", []):
         lines.append(f"| {v['target']} | {v['status']} | {v.get('value', '')} | {v['detail']} |")
@@ -749,6 +752,8 @@ def markdown(res: dict) -> str:
         lines += ["", "## Notebook 06 through papermill on the GPU", ""]
         lines.append(f"status {nb.get('status')}, {nb.get('duration_s')} s, parameters {nb.get('parameters')}; "
                      f"{nb.get('finding') or ''}" if "status" in nb else f"did not run: {nb.get('tail', '')[-300:]}")
+    if res.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in res["notes"]]
     errs = {k: v["error"] for k, v in res.items() if isinstance(v, dict) and v.get("error") and k in SECTIONS}
     if errs:
         lines += ["", "## Sections that failed", ""] + [f"- {k}: {v}" for k, v in errs.items()]
@@ -765,7 +770,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--device", default=None, help="cuda (default when available) or cpu")
     ap.add_argument("--budget", type=float, default=420,
                     help="seconds after which sections not yet started are skipped and optional repeats dropped")
+    ap.add_argument("--render", type=Path, default=None, help="only rewrite the .md beside this gpu.json")
     args = ap.parse_args(argv)
+    if args.render:
+        res = json.loads(args.render.read_text())
+        args.render.with_suffix(".md").write_text(markdown(res))
+        return res
     DEADLINE[0] = time.monotonic() + args.budget
     import torch
 

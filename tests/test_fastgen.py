@@ -135,6 +135,22 @@ def test_plan_prefill_groups_prompts_sharing_anchors():
     assert [(lo, hi, a.length if a else 0) for lo, hi, a in runs] == [(1, 2, 6), (2, 3, 4)]
 
 
+def test_a_gpu_forward_costs_more_than_padding():
+    """On CUDA a forward is host-bound (the H200 suite: ~7,000 prefill tokens' worth), so a batch of chat
+    prompts of varied length prefills in one forward; on CPU it splits to save padding, as measured there."""
+    g = torch.Generator().manual_seed(0)
+    head = list(range(10, 40))  # a chat template's shared system prefix
+    prompts = sorted(head + torch.randint(50, 90, (int(n),), generator=g).tolist()
+                     for n in torch.randint(5, 120, (64,), generator=g))
+    cpu, cuda = prefix.forward_overhead_tokens("cpu"), prefix.forward_overhead_tokens(torch.device("cuda", 0))
+    assert cpu < 100 < 4000 < cuda
+    runs = prefix.plan_prefill(prompts, 0, 64, prefix.prefix_anchors(prompts, cpu), overhead=cpu)
+    assert len(runs) > 1
+    anchors = prefix.prefix_anchors(prompts, cuda)
+    assert anchors == [None] * 64  # 63 x 30 shared tokens do not pay for one more forward
+    assert prefix.plan_prefill(prompts, 0, 64, anchors, overhead=cuda) == [(0, 64, None)]
+
+
 def test_sampling_filters():
     logits = torch.tensor([[3.0, 2.0, 1.0, 0.0, -1.0]])
     top1 = sampling.sampling_probs(logits, SamplingParams(temperature=1.0, top_k=1))

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from kdlib.teachers.prefix import Anchor, plan_prefill, prefix_anchors
+from kdlib.teachers.prefix import Anchor, forward_overhead_tokens, plan_prefill, prefix_anchors
 from kdlib.teachers.sampling import GenerationOutput, select_constrained
 
 # Spare buffer columns beyond the longest prompt plus max_new_tokens: the buffer shifts its columns left
@@ -94,7 +94,9 @@ class _Engine:
         self.keep_last_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
         self.order = todo
         self.sorted_prompts = [prompts[i] for i in todo]
-        self.anchor_of = prefix_anchors(self.sorted_prompts) if share_prefix else [None] * len(todo)
+        self.overhead = forward_overhead_tokens(self.device)
+        self.anchor_of = (prefix_anchors(self.sorted_prompts, self.overhead) if share_prefix
+                          else [None] * len(todo))
         self.live_anchors: list[Anchor] = []
         # longest_from[k]: the longest prompt at positions >= k, i.e. still to be admitted at `next` = k
         self.longest_from = [0] * (len(todo) + 1)
@@ -113,7 +115,8 @@ class _Engine:
             free = self.max_rows - len(self.rows)
             if self.next < len(self.order) and free:
                 stop = min(self.next + free, len(self.order))
-                for lo, hi, anchor in plan_prefill(self.sorted_prompts, self.next, stop, self.anchor_of):
+                for lo, hi, anchor in plan_prefill(self.sorted_prompts, self.next, stop, self.anchor_of,
+                                                  self.overhead):
                     self.next = hi
                     self._admit(lo, hi, anchor)
                 self._release_anchors()

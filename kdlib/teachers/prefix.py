@@ -10,8 +10,19 @@ from dataclasses import dataclass
 # Cost of one forward beyond its tokens, in prefill-token equivalents (every weight is read once per
 # forward, plus Python per layer): measured ~20 for SmolLM2-135M on this 2-core CPU (150 ms per forward,
 # 7 ms per prefill token, one thread). It steers which shared prefixes are worth caching and how prefill
-# groups split to avoid padding; neither choice is sensitive to it.
+# groups split to avoid padding; on a CPU neither choice is sensitive to it.
 _FORWARD_OVERHEAD_TOKENS = 24
+# On a GPU a forward is bound by the host (Python and kernel launches per layer), not by its tokens: on an
+# H200 (reports/bench/gpu.json, profile of 16 new tokens at batch 64, 1.5B-shaped Qwen2) a forward cost
+# ~28 ms of host time whatever its width, while a prefill token costs ~4 us of matrix work (2 x 1.5e9
+# FLOP at ~780 TFLOP/s): ~7,000 tokens per forward. With the CPU value fastgen split that batch's prefill
+# into 12 forwards where HF generate used one. 4096 keeps one forward until padding truly costs.
+_CUDA_FORWARD_OVERHEAD_TOKENS = 4096
+
+
+def forward_overhead_tokens(device) -> int:
+    """The planners' forward cost for a model on `device` (a torch.device or its name)."""
+    return _CUDA_FORWARD_OVERHEAD_TOKENS if str(device).startswith("cuda") else _FORWARD_OVERHEAD_TOKENS
 
 
 # ----------------------------------------------------------------------------- shared prefixes
