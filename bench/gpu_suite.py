@@ -46,6 +46,8 @@ import time
 import traceback
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -419,7 +421,8 @@ def _run_trl_gkd(student, teacher, tok, pairs, cfg, out_dir: Path, device: str) 
     wall = clock.ends[-1] - clock.ends[0]
     n = sum(tokens[1:])
     del trainer
-    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     return {"steps": len(clock.ends) - 1, "tokens": n, "wall_s": wall, "tok_per_s": n / wall,
             "s_per_step": wall / max(len(clock.ends) - 1, 1), "on_policy_calls": len(tokens)}
 
@@ -450,7 +453,8 @@ def section_onpolicy(args, cfg) -> dict:
             runs[name] = {"error": f"{type(exc).__name__}: {exc}"[:500], "trace": traceback.format_exc()[-1500:]}
         print(f"  onpolicy {name:18s} {runs[name]}", flush=True)
         del student
-        torch.cuda.empty_cache() if dev == "cuda" else None
+        if dev == "cuda":
+            torch.cuda.empty_cache()
     out["runs"] = runs
     best = max((r["tok_per_s"] for k, r in runs.items() if k.startswith("kdlib") and "tok_per_s" in r), default=None)
     if best and "tok_per_s" in runs.get("trl GKDTrainer", {}):
@@ -464,29 +468,23 @@ def section_onpolicy(args, cfg) -> dict:
     return out
 
 
-class StoppingHead:
+class StoppingHead(torch.nn.Module):
     """Wraps a random model's output layer with a stop rule: at about 1/`every` of the positions, chosen by a
     hash of the hidden state, end-of-sequence becomes the argmax. A random model never picks EOS by itself,
     while real teachers end their answers at varied lengths, which is what continuous batching is for. The
     rule depends only on the hidden state, so every decoding method meets the same one; lengths are
     geometric (mean ~`every`, cut at the budget). Costs two reductions per position."""
 
-    def __new__(cls, head, eos: int, every: int):
-        import torch
+    def __init__(self, head: torch.nn.Module, eos: int, every: int):
+        super().__init__()
+        self.inner, self.weight, self.eos, self.every = head, head.weight, eos, every
 
-        class _Head(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.inner, self.weight = head, head.weight
-
-            def forward(self, h):
-                logits = self.inner(h)
-                key = torch.frac(h.float().sum(-1).abs() * 997.0)  # ~uniform in [0, 1) per position
-                top, bottom = logits.amax(-1), logits.amin(-1)
-                logits[..., eos] = torch.where(key < 1.0 / every, top + 1, bottom - 1).to(logits.dtype)
-                return logits
-
-        return _Head()
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        logits = self.inner(h)
+        key = torch.frac(h.float().sum(-1).abs() * 997.0)  # ~uniform in [0, 1) per position
+        top, bottom = logits.amax(-1), logits.amin(-1)
+        logits[..., self.eos] = torch.where(key < 1.0 / self.every, top + 1, bottom - 1).to(logits.dtype)
+        return logits
 
 
 def _profile(fn, top: int = 12) -> dict:
