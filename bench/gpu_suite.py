@@ -21,9 +21,9 @@ values, so the timings are those of the real architectures; quality is not measu
   model-FLOPs utilisation of the student's training part (forward + loss + backward + AdamW, timed alone).
   Targets: >= 1.5x TRL's tokens/s; >= 40% MFU.
 * ``generation``: teacher (1.5B-shaped) greedy decoding of 64 chat prompts: `kdlib.teachers.fastgen` vs HF
-  `generate` vs transformers' continuous batching (`generate_batch`). A random model never says EOS, so a
-  token the model itself emits at varied depths is declared the stop token (picked from a pilot run), and
-  rows end at different lengths as with a real teacher.
+  `generate` vs transformers' continuous batching (`generate_batch`), and a torch.profiler pass of 16 tokens.
+  A random model never says EOS, so `StoppingHead` makes EOS its argmax at ~1/64 of the positions (from a hash
+  of the hidden state): rows end at different lengths, as with a real teacher, by the same rule for every method.
 * ``notebook``: notebook 06 through the lab's papermill runner with the gpu profile (``device=cuda``).
 
 Each section's result (or its error) is written to the JSON as soon as it ends, so a run cut short keeps what
