@@ -50,42 +50,54 @@ def run_kdlib(teacher, student, tok, pairs, cfg) -> dict:
     return {"steps": history.steps, "tokens": history.tokens, "wall_s": wall}
 
 
-def run_trl(teacher, student, tok, pairs, cfg, out_dir: Path) -> dict:
+def trl_gkd(student, teacher, tok, pairs, *, batch_size: int, steps: int, max_new_tokens: int, out_dir: Path,
+            device: str = "cpu", max_length: int = 384, lr: float = 1e-5) -> dict:
+    """TRL's `GKDTrainer` for `steps` fully on-policy steps (beta 0.5, lambda 1, temperature 0.9), bf16 on CUDA,
+    fp32 on CPU. Returns the wall time of `train()`, each step's end time (host clock, after a device sync) and
+    the response tokens of each on-policy sample. Shared with bench/gpu_suite.py."""
     import datasets
     from transformers import TrainerCallback
     from trl.experimental.gkd import GKDConfig, GKDTrainer
 
+    def sync():
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
     class Clock(TrainerCallback):
         def __init__(self):
-            self.starts, self.ends = [], []
-
-        def on_step_begin(self, args, state, control, **kw):
-            self.starts.append(time.perf_counter())
+            self.ends = []
 
         def on_step_end(self, args, state, control, **kw):
+            sync()
             self.ends.append(time.perf_counter())
 
     data = datasets.Dataset.from_list([{"messages": [{"role": "user", "content": p["instruction"]},
                                                      {"role": "assistant", "content": p["response"]}]} for p in pairs])
-    args = GKDConfig(output_dir=str(out_dir), per_device_train_batch_size=cfg["batch_size"], max_steps=cfg["steps"] + 1,
-                     learning_rate=1e-5, lmbda=1.0, beta=0.5, temperature=0.9, max_new_tokens=cfg["max_new_tokens"],
-                     max_length=384, report_to=[], logging_steps=1000, save_strategy="no", use_cpu=True,
-                     dataloader_num_workers=0, seed=0, bf16=False, fp16=False, gradient_checkpointing=False)
+    cuda = device == "cuda"
+    args = GKDConfig(output_dir=str(out_dir), per_device_train_batch_size=batch_size, max_steps=steps,
+                     learning_rate=lr, lmbda=1.0, beta=0.5, temperature=0.9, max_new_tokens=max_new_tokens,
+                     max_length=max_length, report_to=[], logging_steps=1000, save_strategy="no", use_cpu=not cuda,
+                     dataloader_num_workers=0, seed=0, bf16=cuda, fp16=False, gradient_checkpointing=False)
     clock = Clock()
     trainer = GKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data, processing_class=tok,
                          callbacks=[clock])
-    tokens = {"n": 0}
+    tokens = []
     original = trainer.generate_on_policy_outputs
 
-    def counting(model, inputs, generation_config):
-        ids, mask, labels = original(model, inputs, generation_config)
-        tokens["n"] += int((labels != -100).sum())
+    def counting(model, inputs, generation_config, *a, **kw):
+        ids, mask, labels = original(model, inputs, generation_config, *a, **kw)
+        tokens.append(int((labels != -100).sum()))
         return ids, mask, labels
     trainer.generate_on_policy_outputs = counting
     start = time.perf_counter()
     trainer.train()
-    wall = time.perf_counter() - start
-    return {"steps": len(clock.ends), "tokens": tokens["n"], "wall_s": wall}
+    return {"train_wall_s": time.perf_counter() - start, "step_ends": clock.ends, "tokens": tokens}
+
+
+def run_trl(teacher, student, tok, pairs, cfg, out_dir: Path) -> dict:
+    r = trl_gkd(student, teacher, tok, pairs, batch_size=cfg["batch_size"], steps=cfg["steps"] + 1,
+                max_new_tokens=cfg["max_new_tokens"], out_dir=out_dir)
+    return {"steps": len(r["step_ends"]), "tokens": sum(r["tokens"]), "wall_s": r["train_wall_s"]}
 
 
 def main(argv=None) -> dict:

@@ -80,8 +80,6 @@ ASKS = ["Write a short story about {}.", "Explain {} to a ten-year-old.", "Give 
 
 def cuda_time(fn, reps: int, warmup: int = 1) -> list[float]:
     """Seconds per call, CUDA events around each call (host clock on CPU), after `warmup` calls."""
-    import torch
-
     for _ in range(warmup):
         fn()
     out = []
@@ -101,16 +99,12 @@ def cuda_time(fn, reps: int, warmup: int = 1) -> list[float]:
 
 
 def sync():
-    import torch
-
     if torch.cuda.is_available():
         torch.cuda.synchronize()
 
 
 def matmul_tflops(device: str) -> float | None:
     """Measured bf16 matrix rate: 8192^3 products on random data, mean of 10 after 3 warm-ups."""
-    import torch
-
     if device != "cuda":
         return None
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
@@ -121,7 +115,6 @@ def matmul_tflops(device: str) -> float | None:
 
 def random_lm(shape: dict, device: str, dtype, tok, seed: int, quick: bool):
     """A Qwen2 causal LM of `shape`, randomly initialised directly on `device` in `dtype`."""
-    import torch
     from transformers import AutoModelForCausalLM, Qwen2Config
 
     cfg = Qwen2Config(**{**shape, **(QUICK_SHAPE if quick else {})}, max_position_embeddings=4096,
@@ -165,8 +158,6 @@ def load_tokenizer(path: str | None):
 
 def peak_extra(fn) -> tuple[object, int]:
     """(result, peak bytes allocated during fn beyond what was allocated before it); CUDA only, else 0."""
-    import torch
-
     if not torch.cuda.is_available():
         return fn(), 0
     torch.cuda.synchronize()
@@ -206,8 +197,6 @@ def section_tests(args, cfg) -> dict:
 
 def section_losses(args, cfg) -> dict:
     """KD loss from hidden states at a real vocabulary: four implementations, one process, same inputs."""
-    import torch
-
     from kdlib.distillation import fused_losses, losses
 
     dev, dt = args.device, torch.bfloat16 if args.device == "cuda" else torch.float32
@@ -223,23 +212,19 @@ def section_losses(args, cfg) -> dict:
     w = rnd(v, hs, scale=3 / hs**0.5).requires_grad_()
     th, tw = rnd(n, ht), rnd(v, ht, scale=3 / ht**0.5)
 
-    def naive():
-        s_logits = torch.nn.functional.linear(h, w)
-        with torch.no_grad():
-            t_logits = torch.nn.functional.linear(th, tw)
-        return losses.naive_kd_loss(s_logits, t_logits, "jsd", beta=0.5)
-
-    def chunked():
-        s_logits = torch.nn.functional.linear(h, w)
-        with torch.no_grad():
-            t_logits = torch.nn.functional.linear(th, tw)
-        return losses.kd_loss(s_logits, t_logits, "jsd", beta=0.5)
+    def from_logits(loss_fn):  # both output layers, then a loss over the [N, V] logits
+        def run():
+            with torch.no_grad():
+                t_logits = torch.nn.functional.linear(th, tw)
+            return loss_fn(torch.nn.functional.linear(h, w), t_logits, "jsd", beta=0.5)
+        return run
 
     def fused(chunk=None):
         return fused_losses.kd_loss_from_hidden(h, w, teacher_hidden=th, teacher_head=tw, kind="jsd", beta=0.5,
                                                 chunk_size=chunk)
 
-    impls = {"naive (head + full softmax)": naive, "kdlib.losses (head + chunked)": chunked,
+    impls = {"naive (head + full softmax)": from_logits(losses.naive_kd_loss),
+             "kdlib.losses (head + chunked)": from_logits(losses.kd_loss),
              "kdlib.fused_losses": fused}
     liger_note = None
     try:
@@ -289,7 +274,7 @@ def section_losses(args, cfg) -> dict:
     return out
 
 
-def _gkd_pairs(tok, n: int) -> list[dict]:
+def _gkd_pairs(n: int) -> list[dict]:
     return [{"instruction": ASKS[i % len(ASKS)].format(TOPICS[i % len(TOPICS)]), "response": "ok"} for i in range(n)]
 
 
@@ -298,8 +283,6 @@ def _student_update_mfu(student, teacher, tok, cfg, peak_tflops) -> dict:
     JSD against the teacher's, backward, AdamW step (teacher forward and sampling excluded). Model FLOPs:
     6 x non-embedding parameters x tokens (body) + 6 x V x H x response tokens (output layer, applied only at
     response positions) + 6 x layers x H x S^2 per row (causal attention scores and values, fwd + bwd)."""
-    import torch
-
     from kdlib.distillation import distill
     from kdlib.distillation.fused_losses import kd_loss_from_hidden
 
@@ -378,68 +361,32 @@ def _run_kdlib_gkd(student, teacher, tok, pairs, cfg, fused: bool) -> dict:
             "s_per_step": wall / hist.steps}
 
 
-def _run_trl_gkd(student, teacher, tok, pairs, cfg, out_dir: Path, device: str) -> dict:
-    import datasets
-    import torch
-    from transformers import TrainerCallback
-    from trl.experimental.gkd import GKDConfig, GKDTrainer
+def _run_trl_gkd(student, teacher, tok, pairs, cfg, device: str) -> dict:
+    """TRL's GKDTrainer on the same models (bench/bench_onpolicy.py's runner); its first step is the warm-up, as
+    for kdlib: steps 2.. are timed from the first one's end."""
+    from bench.bench_onpolicy import trl_gkd
 
-    class Clock(TrainerCallback):
-        def __init__(self):
-            self.starts, self.ends = [], []
-
-        def on_step_begin(self, args, state, control, **kw):
-            sync()
-            self.starts.append(time.perf_counter())
-
-        def on_step_end(self, args, state, control, **kw):
-            sync()
-            self.ends.append(time.perf_counter())
-
-    data = datasets.Dataset.from_list([{"messages": [{"role": "user", "content": p["instruction"]},
-                                                     {"role": "assistant", "content": p["response"]}]} for p in pairs])
-    bf16 = device == "cuda"
-    args = GKDConfig(output_dir=str(out_dir), per_device_train_batch_size=cfg["batch"], max_steps=cfg["kd_steps"] + 1,
-                     learning_rate=1e-6, lmbda=1.0, beta=0.5, temperature=0.9, max_new_tokens=cfg["new_tokens"],
-                     max_length=512, report_to=[], logging_steps=1000, save_strategy="no",
-                     use_cpu=device != "cuda", dataloader_num_workers=0, seed=0, bf16=bf16, fp16=False,
-                     gradient_checkpointing=False)
-    clock = Clock()
-    trainer = GKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data, processing_class=tok,
-                         callbacks=[clock])
-    tokens = []
-    original = trainer.generate_on_policy_outputs
-
-    def counting(model, inputs, generation_config, *a, **kw):
-        ids, mask, labels = original(model, inputs, generation_config, *a, **kw)
-        tokens.append(int((labels != -100).sum()))
-        return ids, mask, labels
-
-    trainer.generate_on_policy_outputs = counting
-    trainer.train()
-    # the first step is the warm-up, as for kdlib; time steps 2.. from the first one's end
-    wall = clock.ends[-1] - clock.ends[0]
-    n = sum(tokens[1:])
-    del trainer
+    r = trl_gkd(student, teacher, tok, pairs, batch_size=cfg["batch"], steps=cfg["kd_steps"] + 1,
+                max_new_tokens=cfg["new_tokens"], out_dir=Path(tempfile.mkdtemp()), device=device, max_length=512,
+                lr=1e-6)
+    ends, n = r["step_ends"], sum(r["tokens"][1:])
+    wall = ends[-1] - ends[0]
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    return {"steps": len(clock.ends) - 1, "tokens": n, "wall_s": wall, "tok_per_s": n / wall,
-            "s_per_step": wall / max(len(clock.ends) - 1, 1), "on_policy_calls": len(tokens)}
+    return {"steps": len(ends) - 1, "tokens": n, "wall_s": wall, "tok_per_s": n / wall,
+            "s_per_step": wall / max(len(ends) - 1, 1), "on_policy_calls": len(r["tokens"])}
 
 
 def section_onpolicy(args, cfg) -> dict:
-    import torch
-
     from kdlib.distillation.fused_losses import check_plain_output_layer
 
     dev, dt = args.device, torch.bfloat16 if args.device == "cuda" else torch.float32
     tok = load_tokenizer(args.tokenizer)
     teacher = random_lm(TEACHER_SHAPE, dev, dt, tok, seed=0, quick=args.quick)
     check_plain_output_layer(teacher)
-    pairs = _gkd_pairs(tok, cfg["batch"] * (cfg["kd_steps"] + 2))
+    pairs = _gkd_pairs(cfg["batch"] * (cfg["kd_steps"] + 2))
     out = {"batch": cfg["batch"], "new_tokens": cfg["new_tokens"], "timed_steps": cfg["kd_steps"], "dtype": str(dt),
-           "teacher_params": None, "student_params": None, "loss": "jsd beta 0.5, lambda 1, temperature 0.9"}
-    out["teacher_params"] = n_params(teacher)
+           "teacher_params": n_params(teacher), "loss": "jsd beta 0.5, lambda 1, temperature 0.9"}
     runs = {}
     for name in ("kdlib fused head", "kdlib logits", "trl GKDTrainer"):
         student = random_lm(STUDENT_SHAPE, dev, dt, tok, seed=1, quick=args.quick)
@@ -448,7 +395,7 @@ def section_onpolicy(args, cfg) -> dict:
             if name.startswith("kdlib"):
                 runs[name] = _run_kdlib_gkd(student, teacher, tok, pairs, cfg, fused=name.endswith("head"))
             else:
-                runs[name] = _run_trl_gkd(student, teacher, tok, pairs, cfg, Path(tempfile.mkdtemp()), dev)
+                runs[name] = _run_trl_gkd(student, teacher, tok, pairs, cfg, dev)
         except Exception as exc:
             runs[name] = {"error": f"{type(exc).__name__}: {exc}"[:500], "trace": traceback.format_exc()[-1500:]}
         print(f"  onpolicy {name:18s} {runs[name]}", flush=True)
@@ -474,7 +421,6 @@ class StoppingHead(torch.nn.Module):
     while real teachers end their answers at varied lengths, which is what continuous batching is for. The
     rule depends only on the hidden state, so every decoding method meets the same one; lengths are
     geometric (mean ~`every`, cut at the budget). Costs two reductions per position."""
-
     def __init__(self, head: torch.nn.Module, eos: int, every: int):
         super().__init__()
         self.inner, self.weight, self.eos, self.every = head, head.weight, eos, every
@@ -489,7 +435,6 @@ class StoppingHead(torch.nn.Module):
 
 def _profile(fn, top: int = 12) -> dict:
     """torch.profiler over one call: total host vs device time and the ops with the most host time."""
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
@@ -505,9 +450,9 @@ def _profile(fn, top: int = 12) -> dict:
 
 
 def section_generation(args, cfg) -> dict:
-    import torch
     from transformers import GenerationConfig
 
+    from bench.bench_generation import cut_at_stop
     from kdlib.teachers import fastgen
 
     dev, dt = args.device, torch.bfloat16 if args.device == "cuda" else torch.float32
@@ -520,9 +465,6 @@ def section_generation(args, cfg) -> dict:
     stop = tok.eos_token_id
     model.lm_head = StoppingHead(model.lm_head, stop, every=max(2, n_new // 2))
 
-    def cut(row):
-        return row[:row.index(stop) + 1] if stop in row else row
-
     def run_fastgen(n=n_new):
         outs = fastgen.generate(model, prompts, fastgen.SamplingParams(max_new_tokens=n), batch_size=len(prompts),
                                 eos_token_ids=[stop], pad_token_id=tok.pad_token_id)
@@ -533,7 +475,7 @@ def section_generation(args, cfg) -> dict:
         with torch.inference_mode():
             out = model.generate(**enc, max_new_tokens=n, do_sample=False, eos_token_id=stop,
                                  pad_token_id=tok.pad_token_id)
-        return [cut(r) for r in out[:, enc["input_ids"].shape[1]:].tolist()]
+        return [cut_at_stop(r, {stop}) for r in out[:, enc["input_ids"].shape[1]:].tolist()]
 
     def run_cb():
         gc = GenerationConfig(max_new_tokens=n_new, do_sample=False, eos_token_id=stop, pad_token_id=tok.pad_token_id)
@@ -545,7 +487,7 @@ def section_generation(args, cfg) -> dict:
             raise RuntimeError(f"generate_batch: {len(res)} results for {len(prompts)} prompts, {len(failed)} "
                                f"failed: {failed[0].error if failed else ''}")
         by_id = sorted(res.values(), key=lambda r: int(str(r.request_id).rsplit("_", 1)[-1]))
-        rows = [cut(list(r.generated_tokens)) for r in by_id]
+        rows = [cut_at_stop(list(r.generated_tokens), {stop}) for r in by_id]
         # a row that ended early ended on the stop token, whether or not the output lists it
         return [r + [stop] if len(r) < n_new and stop not in r else r for r in rows]
 
@@ -629,7 +571,6 @@ def section_notebook(args, cfg) -> dict:
 # ----------------------------------------------------------------------------------------------- report
 
 def environment(args) -> dict:
-    import torch
     import transformers
 
     env = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "python": platform.python_version(),
@@ -777,7 +718,6 @@ def main(argv=None) -> dict:
         args.render.with_suffix(".md").write_text(markdown(res))
         return res
     DEADLINE[0] = time.monotonic() + args.budget
-    import torch
 
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     args.out = args.out or str(ROOT / "reports" / "bench")
